@@ -1,0 +1,533 @@
+"""Throughput benchmark of the ESMM recipe: reader, compute-only steps, end-to-end training and
+inference, and PaddleRec's line-by-line Python reader as the baseline, all in one run.
+
+    python tools/benchmark.py                       # 400k train rows, 3 runs each (~20 min)
+    python tools/benchmark.py --rows 20000 --runs 1 # a quick look
+    python tools/benchmark.py --update-doc          # also rewrite the table in doc/benchmarks.md
+
+Data comes from the project's synthetic generator (`datasets/ali-ccp/synthetic.py`, default
+preset, seed 1: real-length Ali-CCP lines, ~1.5 KB each), written once into `--workdir`.
+Every end-to-end figure is the wall time of a whole `tools/*.py` process (Paddle's import,
+reading, one epoch, checkpoint), measured `--runs` times; the table gives the median and the
+spread (min-max). "cold" runs start from an empty parsed-data cache, "warm" runs find it built.
+Compute-only rates run the engine's own `train_step`/`predict` on batches already in memory, so
+"end-to-end / compute" shows how much of the data pipeline is hidden behind compute. The load
+average is recorded with every run: the machine may be shared, so compare medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+MODEL_DIR = os.path.join(ROOT, "models", "multitask", "esmm")
+CONFIG = os.path.join(MODEL_DIR, "config.yaml")
+GENERATOR = os.path.join(ROOT, "datasets", "ali-ccp", "synthetic.py")
+DOC = os.path.join(ROOT, "doc", "benchmarks.md")
+TABLE_BEGIN = "<!-- benchmark table: begin (written by tools/benchmark.py --update-doc) -->"
+TABLE_END = "<!-- benchmark table: end -->"
+PROBE_TAG = "BENCH-RESULT "
+BIG_TABLE = 737_946  # hyper_parameters.sparse_feature_number of config_bigdata.yaml
+
+# (key, what is measured, unit); the order of the table
+MEASUREMENTS = [
+    ("baseline_train", "baseline: PaddleRec-style line-by-line reader, dygraph training", "wall"),
+    ("baseline_eval", "baseline: same reader, dygraph evaluation", "wall"),
+    ("reader_cold", "reader: parse text + write cache (cold)", "probe"),
+    ("reader_warm", "reader: memory-map cache + gather every shuffled batch (warm)", "probe"),
+    ("compute_dygraph", "compute only: dygraph train_step on in-memory batches", "probe"),
+    ("compute_static", "compute only: static train_step on in-memory batches", "probe"),
+    (
+        "compute_dygraph_sparse",
+        "(net.py idea) compute only, dygraph, sparse embedding gradients + lazy Adam",
+        "probe",
+    ),
+    (
+        "compute_dygraph_big",
+        f"compute only, dygraph, embedding of {BIG_TABLE:,} rows (config_bigdata's size)",
+        "probe",
+    ),
+    (
+        "compute_dygraph_big_sparse",
+        f"(net.py idea) same, {BIG_TABLE:,} rows, sparse gradients + lazy Adam",
+        "probe",
+    ),
+    ("train_dygraph_cold", "trainer.py, 1 epoch, cold cache", "wall"),
+    ("train_dygraph_warm", "trainer.py, 1 epoch, warm cache", "wall"),
+    ("train_static_cold", "static_trainer.py, 1 epoch, cold cache", "wall"),
+    ("train_static_warm", "static_trainer.py, 1 epoch, warm cache", "wall"),
+    ("compute_inference", "compute only: Paddle Inference predict on in-memory batches", "probe"),
+    ("infer_inference_cold", "static_infer.py use_inference, cold cache", "wall"),
+    ("infer_inference_warm", "static_infer.py use_inference, warm cache", "wall"),
+    ("infer_dygraph_warm", "infer.py (dygraph eval), warm cache", "wall"),
+]
+
+
+# ----------------------------------------------------------------------------- set-up
+def load_avg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import paddle
+
+        paddle_version = paddle.__version__
+    except ImportError:
+        paddle_version = "not installed"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, Paddle {paddle_version}"
+    )
+
+
+def generate(rows: int, workdir: str) -> dict:
+    """Synthetic Ali-CCP in slot format (train: rows, test: rows/4), reused when present."""
+    data = os.path.join(workdir, "data")
+    meta_path = os.path.join(data, "meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("n_train") == rows and meta.get("seed") == 1:
+            return meta
+        shutil.rmtree(data)
+    cmd = [sys.executable, GENERATOR, "--n", str(rows), "--seed", "1", "--out", data, "--quiet"]
+    subprocess.run(cmd, check=True)
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def overrides(args, meta: dict, save: str) -> list[str]:
+    data = os.path.join(args.workdir, "data")
+    return [
+        f"runner.train_data_dir={os.path.join(data, 'train_data')}",
+        f"runner.test_data_dir={os.path.join(data, 'test_data')}",
+        f"runner.model_save_path={save}",
+        f"runner.cache_dir={os.path.join(args.workdir, 'cache')}",
+        "runner.epochs=1",
+        "runner.infer_start_epoch=0",
+        "runner.infer_end_epoch=1",
+        f"runner.train_batch_size={args.batch_size}",
+        f"runner.infer_batch_size={args.infer_batch_size}",
+        "runner.print_interval=1000000",
+        "runner.overwrite=True",
+        f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+        *([f"runner.cpu_threads={args.cpu_threads}"] if args.cpu_threads is not None else []),
+    ]
+
+
+# ----------------------------------------------------------------------------- probes
+def _probe_setup(args, static: bool = False):
+    """Config, reader and datasets as the CLIs build them (inside a probe process)."""
+    sys.path.insert(0, TOOLS)
+    from utils import runtime
+    from utils.config import load_config
+    from utils.model_loader import load_model_module
+
+    adapter = load_model_module(MODEL_DIR, "static_model" if static else "dygraph_model")
+    cls = adapter.StaticModel if static else adapter.DygraphModel
+    config = load_config(CONFIG, args.opts, cls.hyper_parameters_class)
+    reader = load_model_module(MODEL_DIR, config.runner.train_reader_path).Reader(config)
+    place = runtime.setup(config, static=static)
+    return adapter, config, reader, place
+
+
+def _dataset(config, reader, split: str):
+    from utils.data import Dataset, list_data_files
+
+    folder = getattr(config.runner, f"{split}_data_dir")
+    return Dataset.load(list_data_files(folder, split), reader, config.runner.cache_dir)
+
+
+def _in_memory_batches(dataset, batch_size: int, limit: int, shuffle: bool):
+    """`limit` batches gathered up front (a small data set is cycled to reach `limit`)."""
+    plan = dataset.batch_indices(batch_size, shuffle, 1, 0)[:limit]
+    batches = [dataset.gather(idx) for idx in plan]
+    return [batches[i % len(batches)] for i in range(limit)]
+
+
+def _timed_steps(step, batches, warmup: int) -> float:
+    """Samples per second of `step` over `batches` after `warmup` untimed steps."""
+    for batch in batches[:warmup]:
+        step(batch)
+    start = time.perf_counter()
+    n = 0
+    for batch in batches[warmup:]:
+        step(batch)
+        n += len(batch.labels)
+    return n / (time.perf_counter() - start)
+
+
+def probe(args) -> dict:
+    name = args.probe
+    if name == "reader_cold" or name == "reader_warm":
+        _, config, reader, _ = _probe_setup(args)
+        start = time.perf_counter()
+        dataset = _dataset(config, reader, "train")
+        load_s = time.perf_counter() - start
+        if name == "reader_cold":
+            size = sum(os.path.getsize(f) for f in dataset.files)
+            return {
+                "rate": len(dataset) / load_s,
+                "seconds": load_s,
+                "mb_per_s": size / load_s / 1e6,
+            }
+        r = config.runner
+        start = time.perf_counter()
+        n = sum(len(b.labels) for b in dataset.batches(r.train_batch_size, True, 1, 0))
+        return {"rate": n / (time.perf_counter() - start + load_s), "seconds": load_s}
+    if name.startswith("compute_") and name != "compute_inference":
+        static = name == "compute_static"
+        if name.endswith("_sparse"):
+            _sparse_embedding_patch()
+        adapter, config, reader, place = _probe_setup(args, static)
+        from utils import engines
+        from utils.config import load_config
+
+        dataset = _dataset(config, reader, "train")
+        batches = _in_memory_batches(dataset, config.runner.train_batch_size, args.steps, True)
+        if "_big" in name:  # a larger table for the network only (the data stay the same)
+            opts = [*args.opts, f"hyper_parameters.sparse_feature_number={BIG_TABLE}"]
+            config = load_config(CONFIG, opts, adapter.DygraphModel.hyper_parameters_class)
+        if static:
+            engine = engines.StaticEngine(adapter, config, training=True, place=place)
+        else:
+            engine = engines.DygraphEngine(adapter, config, training=True)
+        return {"rate": _timed_steps(engine.train_step, batches, warmup=10)}
+    if name == "compute_inference":
+        adapter, config, reader, _ = _probe_setup(args, static=True)
+        from utils import engines
+
+        dataset = _dataset(config, reader, "test")
+        batches = _in_memory_batches(
+            dataset, config.runner.infer_batch_size, args.steps // 4, False
+        )
+        engine = engines.InferenceEngine(adapter.StaticModel.output_names, config)
+        engine.load(os.path.join(config.runner.model_save_path, "0"))
+        return {"rate": _timed_steps(engine.predict, batches, warmup=2)}
+    if name in ("baseline_train", "baseline_eval"):
+        return baseline(args, train=name == "baseline_train")
+    raise SystemExit(f"unknown probe {name}")
+
+
+def _sparse_embedding_patch():
+    """A change to net.py measured without editing it: every `nn.Embedding` gets sparse
+    (row-wise) gradients and Adam updates only the rows a batch touched (`lazy_mode`)."""
+    import paddle
+
+    embedding_init = paddle.nn.Embedding.__init__
+    adam_init = paddle.optimizer.Adam.__init__
+
+    def sparse_embedding(self, *a, **kw):
+        embedding_init(self, *a, **{**kw, "sparse": True})
+
+    def lazy_adam(self, *a, **kw):
+        adam_init(self, *a, **{**kw, "lazy_mode": True})
+
+    paddle.nn.Embedding.__init__ = sparse_embedding
+    paddle.optimizer.Adam.__init__ = lazy_adam
+
+
+def baseline(args, train: bool) -> dict:
+    """PaddleRec's approach: per-line Python parsing in an IterableDataset feeding the network."""
+    adapter, config, _, _ = _probe_setup(args)
+    import paddle
+    from utils.baseline_reader import feeds, loader
+    from utils.data import list_data_files
+
+    hp = config.hyper_parameters
+    split = "train" if train else "test"
+    files = list_data_files(getattr(config.runner, f"{split}_data_dir"), split)
+    batch_size = config.runner.train_batch_size
+    model = adapter.DygraphModel()
+    net = model.create_model(config)
+    optimizer = model.create_optimizer(net, config) if train else None
+    n_fields = len(hp.fields)
+    start = time.perf_counter()
+    n = 0
+    if train:
+        net.train()
+    else:
+        net.eval()
+    for batch in loader(files, list(hp.fields), hp.max_len, batch_size):
+        ids, click, buy = feeds(batch, n_fields)
+        if train:
+            outputs = net(ids)
+            loss, _ = model.create_loss(outputs, {"ids": ids, "click": click, "buy": buy}, net)
+            loss.backward()
+            optimizer.step()
+            optimizer.clear_grad()
+            float(loss)
+        else:
+            with paddle.no_grad():
+                outputs = net(ids)
+            outputs["pctr"].numpy()
+        n += ids.shape[0]
+    return {"rate": n / (time.perf_counter() - start), "rows": n}
+
+
+# ----------------------------------------------------------------------------- running
+def run_process(cmd: list[str], log_path: str) -> tuple[float, int, str]:
+    """Run `cmd`; returns (wall seconds, peak RSS in MB, its output). Raises on failure."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
+    with open(log_path, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(log_path) as f:
+        text = f.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    return wall, int(usage.ru_maxrss / 1024), text
+
+
+def _last_number(pattern: str, text: str) -> float | None:
+    found = re.findall(pattern, text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
+class Bench:
+    def __init__(self, args, meta: dict):
+        self.args = args
+        self.meta = meta
+        self.results: dict[str, list[dict]] = {}
+        self.logs = os.path.join(args.workdir, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.rows = {
+            "train": meta["splits"]["train"]["rows"],
+            "test": meta["splits"]["test"]["rows"],
+        }
+
+    def opts(self, save: str) -> list[str]:
+        return overrides(self.args, self.meta, os.path.join(self.args.workdir, save))
+
+    def clear_cache(self):
+        shutil.rmtree(os.path.join(self.args.workdir, "cache"), ignore_errors=True)
+
+    def record(self, key: str, result: dict):
+        self.results.setdefault(key, []).append(result)
+        rate = result.get("rate")
+        print(
+            f"  {key}: {rate:,.0f} samples/s"
+            + (f", wall {result['wall']:.1f}s" if "wall" in result else "")
+            + f" (load {result['load']:.1f})",
+            flush=True,
+        )
+
+    def run_probe(self, key: str, save: str, run: int, extra=()):
+        log_path = os.path.join(self.logs, f"{key}-{run}.log")
+        load = load_avg()
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--probe",
+            key,
+            "--steps",
+            str(self.args.steps),
+        ]
+        cmd += [*extra, "--opts", *self.opts(save)]
+        wall, rss, text = run_process(cmd, log_path)
+        line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
+        result = json.loads(line[len(PROBE_TAG) :])
+        result.update(load=max(load, load_avg()), rss_mb=rss, process_wall=wall)
+        if key.startswith("baseline"):  # whole-process rate, as for the CLIs
+            split = "train" if key == "baseline_train" else "test"
+            result["loop_rate"] = result["rate"]
+            result["rate"] = self.rows[split] / wall
+            result["wall"] = wall
+        self.record(key, result)
+
+    def run_tool(self, key: str, tool: str, save: str, run: int, extra=()):
+        log_path = os.path.join(self.logs, f"{key}-{run}.log")
+        load = load_avg()
+        cmd = [sys.executable, os.path.join(TOOLS, f"{tool}.py"), "-m", CONFIG]
+        cmd += ["-o", *self.opts(save), *extra]
+        wall, rss, text = run_process(cmd, log_path)
+        split = "train" if "trainer" in tool else "test"
+        result = {"wall": wall, "rate": self.rows[split] / wall, "rss_mb": rss}
+        result["load"] = max(load, load_avg())
+        if split == "train":
+            result["loop_rate"] = _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
+        else:
+            result["loop_rate"] = _last_number(r"; ([\d,]+) samples/s\)", text)
+        self.record(key, result)
+
+    def run_all(self, only: set[str] | None):
+        a = self.args
+
+        def want(key):
+            return only is None or key in only
+
+        for run in range(a.runs):
+            print(f"run {run + 1}/{a.runs}", flush=True)
+            if want("baseline_train"):
+                self.run_probe("baseline_train", "out-baseline", run)
+            if want("baseline_eval"):
+                self.run_probe("baseline_eval", "out-baseline", run)
+            if want("reader_cold"):
+                self.clear_cache()
+                self.run_probe("reader_cold", "out-reader", run)
+            if want("reader_warm"):
+                self.run_probe("reader_warm", "out-reader", run)
+            for key in (
+                "compute_dygraph_sparse",
+                "compute_dygraph_big",
+                "compute_dygraph_big_sparse",
+            ):
+                if want(key):
+                    self.run_probe(key, "out-compute-dygraph", run)
+            for engine, tool in (("dygraph", "trainer"), ("static", "static_trainer")):
+                if want(f"compute_{engine}"):
+                    self.run_probe(f"compute_{engine}", f"out-compute-{engine}", run)
+                if want(f"train_{engine}_cold"):
+                    self.clear_cache()
+                    self.run_tool(f"train_{engine}_cold", tool, f"out-{engine}", run)
+                if want(f"train_{engine}_warm"):
+                    self.run_tool(f"train_{engine}_warm", tool, f"out-{engine}", run)
+            infer = ["runner.use_inference=True"]
+            if want("compute_inference"):
+                self.run_probe("compute_inference", "out-static", run)
+            if want("infer_inference_cold"):
+                self.clear_cache()
+                self.run_tool("infer_inference_cold", "static_infer", "out-static", run, infer)
+            if want("infer_inference_warm"):
+                self.run_tool("infer_inference_warm", "static_infer", "out-static", run, infer)
+            if want("infer_dygraph_warm"):
+                self.run_tool("infer_dygraph_warm", "infer", "out-dygraph", run)
+
+    # ------------------------------------------------------------------ report
+    def median(self, key: str, field: str = "rate") -> float | None:
+        values = [r[field] for r in self.results.get(key, []) if r.get(field) is not None]
+        return statistics.median(values) if values else None
+
+    def table(self) -> str:
+        a = self.args
+        base_train = self.median("baseline_train")
+        base_eval = self.median("baseline_eval")
+        lines = [
+            f"{self.rows['train']:,} train / {self.rows['test']:,} test rows "
+            f"({self.meta.get('preset', 'default')} preset, seed 1), batch {a.batch_size} "
+            f"(inference {a.infer_batch_size}), {a.runs} run(s) each, "
+            f"runner.cpu_threads={a.cpu_threads if a.cpu_threads is not None else 'default'}, "
+            f"{time.strftime('%Y-%m-%d')}; {machine()}.",
+            "",
+            "| measurement | samples/s (median) | spread (min–max) | wall s | in-loop samples/s | "
+            "vs baseline | peak RSS MB | load avg |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for key, what, _ in MEASUREMENTS:
+            runs = self.results.get(key)
+            if not runs:
+                continue
+            rates = [r["rate"] for r in runs]
+            ratio = ""
+            base = base_eval if "infer" in key or key == "baseline_eval" else base_train
+            if base and not key.startswith(("reader", "compute")):
+                ratio = f"{statistics.median(rates) / base:.1f}x"
+            loop = self.median(key, "loop_rate")
+            compute = (
+                self.median("compute_" + key.split("_")[1]) if key.startswith("train") else None
+            )
+            loop_text = f"{loop:,.0f}" if loop else ""
+            if loop and compute:
+                loop_text += f" ({loop / compute:.0%} of compute)"
+            wall = self.median(key, "wall")
+            lines.append(
+                f"| {what} | {statistics.median(rates):,.0f} | "
+                f"{min(rates):,.0f}–{max(rates):,.0f} | {f'{wall:.1f}' if wall else ''} | "
+                f"{loop_text} | {ratio} | "
+                f"{max(r['rss_mb'] for r in runs):,} | "
+                f"{min(r['load'] for r in runs):.1f}–{max(r['load'] for r in runs):.1f} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def update_doc(table: str, command: str, path: str = DOC):
+    """Replace the table between the markers in doc/benchmarks.md (other sections untouched)."""
+    block = f"{TABLE_BEGIN}\nCommand: `{command}`\n\n{table}{TABLE_END}"
+    text = "# Benchmarks\n\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=400_000, help="train rows (test: rows / 4)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of every measurement")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--infer-batch-size", type=int, default=8192)
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        help="runner.cpu_threads for every measurement, the baseline included (default: config)",
+    )
+    parser.add_argument("--steps", type=int, default=200, help="batches of compute-only probes")
+    parser.add_argument(
+        "--workdir", default=os.path.join(tempfile.gettempdir(), "paddle-rec-bench")
+    )
+    parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these measurements")
+    parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
+    parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    parser.add_argument("--opts", nargs="*", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        result = probe(args)
+        print(PROBE_TAG + json.dumps(result), flush=True)
+        return 0
+    keys = {k for k, _, _ in MEASUREMENTS}
+    if args.only and not set(args.only) <= keys:
+        parser.error(f"--only: unknown {sorted(set(args.only) - keys)}; choose from {sorted(keys)}")
+    os.makedirs(args.workdir, exist_ok=True)
+    print(f"data: {args.rows:,} train rows in {args.workdir}/data", flush=True)
+    meta = generate(args.rows, args.workdir)
+    bench = Bench(args, meta)
+    bench.run_all(set(args.only) if args.only else None)
+    table = bench.table()
+    print(table)
+    table_path = args.table or os.path.join(args.workdir, "table.md")
+    with open(table_path, "w") as f:
+        f.write(table)
+    with open(os.path.join(args.workdir, "results.json"), "w") as f:
+        json.dump(bench.results, f, indent=1)
+    if args.update_doc:
+        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
+        update_doc(table, " ".join(["python tools/benchmark.py", *shown]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""Evaluate saved checkpoints with the dygraph engine.
+
+python tools/infer.py -m models/multitask/esmm/config.yaml [-o section.key=value ...]
+"""
+
+import sys
+
+from utils.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("infer"))

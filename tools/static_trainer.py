@@ -1,0 +1,11 @@
+"""Train a model with the static-graph engine (PIR) and export inference models.
+
+python tools/static_trainer.py -m models/multitask/esmm/config.yaml [-o section.key=value ...]
+"""
+
+import sys
+
+from utils.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("static_trainer"))

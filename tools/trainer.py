@@ -1,0 +1,11 @@
+"""Train a model with the dygraph engine.
+
+python tools/trainer.py -m models/multitask/esmm/config.yaml [-o section.key=value ...]
+"""
+
+import sys
+
+from utils.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main("trainer"))

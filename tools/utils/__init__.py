@@ -1,0 +1,1 @@
+"""Shared machinery of the zoo's four tools: config, data, engines, metrics, checkpoints."""

@@ -1,0 +1,103 @@
+"""The one command-line front end behind trainer.py, infer.py, static_trainer.py, static_infer.py.
+
+    python tools/trainer.py -m CONFIG [-o section.key=value ...]
+
+A `UserError` (bad config, bad data, missing checkpoint) is printed as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+# Before Paddle is imported: keep its C++ INFO logging off our console.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("FLAGS_call_stack_level", "0")
+warnings.filterwarnings("ignore", message="No ccache found")
+# Raised inside Paddle's own PIR backward pass (optimizer.minimize), not by our code.
+warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
+
+TOOLS = {
+    "trainer": ("dygraph", "train"),
+    "infer": ("dygraph", "infer"),
+    "static_trainer": ("static", "train"),
+    "static_infer": ("static", "infer"),
+}
+
+
+def parse_args(tool: str, argv=None) -> argparse.Namespace:
+    engine, job = TOOLS[tool]
+    parser = argparse.ArgumentParser(
+        prog=f"{tool}.py",
+        description=f"{'Train' if job == 'train' else 'Evaluate'} a model ({engine} engine) "
+        "from its config.yaml.",
+    )
+    parser.add_argument("-m", "--config", required=True, help="the model's config YAML")
+    parser.add_argument(
+        "-o",
+        "--opt",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values, e.g. -o runner.epochs=2 hyper_parameters.ctr_fc_sizes=[128,32]",
+    )
+    return parser.parse_args(argv)
+
+
+def main(tool: str, argv=None) -> int:
+    args = parse_args(tool, argv)
+    from utils.errors import UserError
+
+    try:
+        return run(tool, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied, ...: the environment, not a bug
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(tool: str, args) -> int:
+    from utils import runtime
+    from utils.config import load_config
+    from utils.model_loader import load_model_module
+
+    engine_kind, job = TOOLS[tool]
+    model_dir = os.path.dirname(os.path.abspath(args.config))
+    adapter = load_model_module(
+        model_dir, "dygraph_model" if engine_kind == "dygraph" else "static_model"
+    )
+    model_cls = adapter.DygraphModel if engine_kind == "dygraph" else adapter.StaticModel
+    config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
+    reader_module = load_model_module(model_dir, config.runner.train_reader_path)
+
+    from utils import distributed, engines, loop, progress
+
+    world = distributed.init(config.runner.use_fleet)
+    progress.set_quiet(not world.is_main)
+    place = runtime.setup(config, static=engine_kind == "static")
+    reader = reader_module.Reader(config)
+    training = job == "train"
+    if engine_kind == "dygraph":
+        engine = engines.DygraphEngine(adapter, config, training=training, world=world)
+        model = engine.model
+    else:
+        model = model_cls(config)
+        if not training and config.runner.use_inference:
+            engine = engines.InferenceEngine(model_cls.output_names, config)
+        else:
+            engine = engines.StaticEngine(
+                adapter, config, training=training, place=place, world=world
+            )
+    if training:
+        loop.train(config, engine, model, reader, world)
+    else:
+        loop.evaluate(config, engine, model, reader, world)
+    return 0

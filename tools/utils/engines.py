@@ -1,0 +1,334 @@
+"""Three ways to run one model, behind one small interface used by the training/eval loops.
+
+- `DygraphEngine`: eager Paddle, over the model's `DygraphModel` adapter.
+- `StaticEngine`: a `paddle.static.Program` under PIR, over the model's `StaticModel` adapter.
+- `InferenceEngine`: an exported Paddle Inference model (`paddle.inference` predictor).
+
+All three exchange numpy: `train_step(batch) -> (loss, outputs)`, `predict(batch) -> outputs`,
+and weights as `{structured parameter name: array}` (the layer's `state_dict` keys), so a
+checkpoint written by one engine loads in the other.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import paddle
+
+from utils.distributed import World, all_reduce_gradients
+from utils.errors import UserError
+
+PARAMS_FILE = "rec.pdparams"
+OPT_FILE = "rec.pdopt"
+INFERENCE_PREFIX = "inference"  # inference.json + inference.pdiparams
+
+
+def _check_shapes(current: dict, loaded: dict, source: str):
+    missing = sorted(set(current) - set(loaded))
+    if missing:
+        raise UserError(
+            f"{source}: no weights for {', '.join(missing[:5])}; wrong model or config?"
+        )
+    for name, value in current.items():
+        if tuple(value.shape) != tuple(loaded[name].shape):
+            raise UserError(
+                f"{source}: {name} has shape {list(loaded[name].shape)} but the config builds "
+                f"{list(value.shape)}; train and infer with the same hyper_parameters"
+            )
+
+
+def _load_pickle(folder: str, name: str):
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        raise UserError(f"{folder}: no {name} (not a complete checkpoint folder)")
+    try:
+        return paddle.load(path)
+    except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+
+
+def load_params_file(folder: str) -> dict:
+    return {k: np.asarray(v) for k, v in _load_pickle(folder, PARAMS_FILE).items()}
+
+
+class _DataParallel(paddle.DataParallel):
+    """DataParallel that also exposes the wrapped layer's own attributes (e.g. `net.loss`), so
+    model adapters work the same with and without it."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._layers, name)
+
+
+class DygraphEngine:
+    name = "dygraph"
+
+    def __init__(self, adapter_module, config, training: bool = True, world: World | None = None):
+        self.config = config
+        self.model = adapter_module.DygraphModel()
+        # fresh parameter names (embedding_0.w_0, ...) whatever ran before in this process:
+        # the optimizer's saved state is keyed by them
+        with paddle.utils.unique_name.guard():
+            self.net = self.model.create_model(config)
+            self.optimizer = self.model.create_optimizer(self.net, config) if training else None
+        # DataParallel broadcasts rank 0's weights, then all-reduces gradients in backward()
+        world = world or World()
+        self.train_net = _DataParallel(self.net) if world.active and training else self.net
+        self.output_names = self.model.output_names
+
+    def train_step(self, batch):
+        self.net.train()
+        loss, outputs = self.model.train_forward(self.train_net, batch, self.config)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        return float(loss), {k: outputs[k].numpy().ravel() for k in self.output_names}
+
+    def predict(self, batch) -> dict:
+        self.net.eval()
+        with paddle.no_grad():
+            outputs = self.model.infer_forward(self.net, batch, self.config)
+        return {k: outputs[k].numpy().ravel() for k in self.output_names}
+
+    def get_params(self) -> dict:
+        return {k: v.numpy() for k, v in self.net.state_dict().items()}
+
+    def set_params(self, params: dict, source: str = "weights"):
+        _check_shapes(self.get_params(), params, source)
+        self.net.set_state_dict({k: params[k] for k in self.net.state_dict()})
+
+    def save(self, folder: str):
+        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
+        if self.optimizer is not None:
+            paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+
+    def optimizer_state(self) -> dict:
+        """Accumulators keyed `<structured param name>:<kind>` (e.g. `ctr_tower.0.weight:moment1`).
+
+        Paddle's own `state_dict()` keys them by generated variable names with counters
+        (`linear_3.w_0_moment1_7`) that differ from process to process.
+        """
+        structured = {p.name: k for k, p in self.net.named_parameters()}
+        state = {
+            f"{structured[pname]}:{kind}": var.numpy()
+            for kind, accumulators in self.optimizer._accumulators.items()
+            for pname, var in accumulators.items()
+        }
+        lr = self.optimizer._learning_rate
+        if isinstance(lr, paddle.optimizer.lr.LRScheduler):
+            state["LR_Scheduler"] = lr.state_dict()
+        return state
+
+    def set_optimizer_state(self, state: dict, source: str):
+        params = dict(self.net.named_parameters())
+        block = paddle.static.default_main_program().global_block()  # unused in dygraph
+        self.optimizer._create_accumulators(block, [p for p in params.values() if p.trainable])
+        for key, value in state.items():
+            if key == "LR_Scheduler":
+                self.optimizer._learning_rate.set_state_dict(value)
+                continue
+            name, _, kind = key.rpartition(":")
+            try:
+                var = self.optimizer._accumulators[kind][params[name].name]
+            except KeyError:
+                raise UserError(
+                    f"{source}: optimizer state {key} does not fit this model or optimizer; "
+                    "resume with the config the run was started with"
+                ) from None
+            var.set_value(np.asarray(value))
+
+    def load(self, folder: str):
+        self.set_params(load_params_file(folder), folder)
+
+    def load_training_state(self, folder: str):
+        """Weights and optimizer state, to resume training from `folder`."""
+        self.load(folder)
+        self.set_optimizer_state(_load_pickle(folder, OPT_FILE), folder)
+
+
+class StaticEngine:
+    """Train and infer programs share parameters by name in the global scope.
+
+    Both programs are built under a fresh `unique_name.guard()`, so the same layer code gives
+    the same parameter names (`embedding_0.w_0`, ...) in each.
+    """
+
+    name = "static"
+
+    def __init__(
+        self, adapter_module, config, training: bool = True, place=None, world: World | None = None
+    ):
+        world = world or World()
+        paddle.enable_static()
+        self.config = config
+        self.place = place or paddle.CPUPlace()
+        self.exe = paddle.static.Executor(self.place)
+        self.scope = paddle.static.global_scope()
+        model_cls = adapter_module.StaticModel
+        self.output_names = model_cls.output_names
+        self.label_names = model_cls.label_names
+        startup = paddle.static.Program()
+        if training:
+            self.train_program = paddle.static.Program()
+            model = model_cls(config)
+            with paddle.utils.unique_name.guard():
+                with paddle.static.program_guard(self.train_program, startup):
+                    feeds = model.create_feeds()
+                    self.train_fetch = model.net(feeds)
+                    with all_reduce_gradients(world):
+                        model.create_optimizer()
+            self.train_feed_names = list(feeds)
+        self.infer_program = paddle.static.Program()
+        model = model_cls(config)
+        infer_startup = paddle.static.Program() if training else startup
+        with paddle.utils.unique_name.guard():
+            with paddle.static.program_guard(self.infer_program, infer_startup):
+                self.infer_feeds = model.create_feeds(is_infer=True)
+                self.infer_fetch = model.infer_net(self.infer_feeds)
+                self._name_outputs()
+        # structured name (layer.state_dict key) -> scope variable name
+        self.param_names = {k: v.name for k, v in model.layer.state_dict().items()}
+        self.exe.run(startup)
+        if world.active:  # start every rank from rank 0's weights
+            self.set_params(world.all_gather_object(self.get_params())[0], "rank 0")
+
+    def _name_outputs(self):
+        """Give every inference output its own name in exported models (not fetch_name_N)."""
+        block = self.infer_program.global_block()
+        for name in self.output_names:
+            paddle.base.libpaddle.pir.append_shadow_output(
+                self.infer_program, self.infer_fetch[name], name, len(block.ops)
+            )
+
+    def _feed(self, batch, names) -> dict:
+        feed = {"ids": batch.ids}
+        for j, name in enumerate(self.label_names):
+            if name in names:
+                feed[name] = batch.labels[:, j : j + 1]
+        return feed
+
+    def train_step(self, batch):
+        names = ["loss", *self.output_names]
+        values = self.exe.run(
+            self.train_program,
+            feed=self._feed(batch, self.train_feed_names),
+            fetch_list=[self.train_fetch[n] for n in names],
+        )
+        out = dict(zip(names, values, strict=True))
+        loss = float(np.asarray(out.pop("loss")))
+        return loss, {k: np.asarray(v).ravel() for k, v in out.items()}
+
+    def predict(self, batch) -> dict:
+        values = self.exe.run(
+            self.infer_program,
+            feed={"ids": batch.ids},
+            fetch_list=[self.infer_fetch[n] for n in self.output_names],
+        )
+        return {k: np.asarray(v).ravel() for k, v in zip(self.output_names, values, strict=True)}
+
+    def _tensor(self, var_name: str):
+        return self.scope.find_var(var_name).get_tensor()
+
+    def get_params(self) -> dict:
+        return {k: np.array(self._tensor(v)) for k, v in self.param_names.items()}
+
+    def set_params(self, params: dict, source: str = "weights"):
+        _check_shapes(self.get_params(), params, source)
+        for k, var_name in self.param_names.items():
+            self._tensor(var_name).set(np.asarray(params[k]), self.place)
+
+    def _lr_scheduler(self):
+        """The Python-side schedule the executor advances on every run of the train program."""
+        return getattr(getattr(self, "train_program", None), "lr_scheduler", None)
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's variables (moments, beta powers: `<param var>_<kind>_<n>`, and the
+        learning rate) and the learning-rate schedule's position."""
+        params = tuple(f"{v}_" for v in self.param_names.values())
+        state = {
+            name: np.array(self._tensor(name))
+            for name in self.scope.local_var_names()
+            if name.startswith(params) or name.startswith("learning_rate_")
+        }
+        if self._lr_scheduler() is not None:
+            state["LR_Scheduler"] = self._lr_scheduler().state_dict()
+        return state
+
+    def save(self, folder: str):
+        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
+        paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+        self.export_inference(os.path.join(folder, INFERENCE_PREFIX))
+
+    def export_inference(self, prefix: str):
+        paddle.static.save_inference_model(
+            prefix,
+            [self.infer_feeds["ids"]],
+            [self.infer_fetch[n] for n in self.output_names],
+            self.exe,
+            program=self.infer_program,
+            skip_prune_program=True,  # pruning would drop the output names set above
+        )
+
+    def load(self, folder: str):
+        self.set_params(load_params_file(folder), folder)
+
+    def load_training_state(self, folder: str):
+        self.load(folder)
+        saved = _load_pickle(folder, OPT_FILE)
+        current = self.optimizer_state()
+        if not set(current) <= set(saved):
+            missing = sorted(set(current) - set(saved))
+            raise UserError(
+                f"{folder}: optimizer state lacks {', '.join(missing[:3])}; resume with the "
+                "config the run was started with"
+            )
+        for name in current:
+            if name == "LR_Scheduler":
+                self._lr_scheduler().set_state_dict(saved[name])
+            else:
+                self._tensor(name).set(np.asarray(saved[name]), self.place)
+
+
+class InferenceEngine:
+    """Predicts with an exported model through `paddle.inference` (oneDNN on the CPU)."""
+
+    name = "inference"
+
+    def __init__(self, output_names, config):
+        self.output_names = output_names
+        self.config = config
+        self.predictor = None
+
+    def load(self, folder: str):
+        prefix = os.path.join(folder, INFERENCE_PREFIX)
+        if not os.path.exists(prefix + ".json"):
+            raise UserError(
+                f"{folder}: no exported inference model ({INFERENCE_PREFIX}.json); "
+                "static_trainer.py writes one per epoch"
+            )
+        cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
+        cfg.disable_glog_info()
+        if self.config.runner.use_gpu and paddle.is_compiled_with_cuda():
+            # the GPU runtime.setup selected; inputs are copied host -> device by the predictor
+            device_id = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+            cfg.enable_use_gpu(256, device_id)
+        else:
+            cfg.disable_gpu()
+            cfg.enable_mkldnn()
+            cfg.set_cpu_math_library_num_threads(self.config.runner.cpu_threads or os.cpu_count())
+        self.predictor = paddle.inference.create_predictor(cfg)
+        missing = set(self.output_names) - set(self.predictor.get_output_names())
+        if missing:
+            raise UserError(f"{folder}: exported model lacks outputs {sorted(missing)}")
+
+    def predict(self, batch) -> dict:
+        handle = self.predictor.get_input_handle("ids")
+        handle.reshape(batch.ids.shape)
+        handle.copy_from_cpu(batch.ids)
+        self.predictor.run()
+        return {
+            k: self.predictor.get_output_handle(k).copy_to_cpu().ravel() for k in self.output_names
+        }

@@ -1,0 +1,435 @@
+"""Vectorised parser for PaddleRec's slot text format.
+
+A line is `sample_id,label_1,...,label_k,` followed by comma-separated tokens `field:feasign`.
+Every token after the label columns that contains `:` is a feature; tokens without `:` are
+ignored, and so are fields that are not in the layout. Feasigns are non-negative integers
+(0 is padding). A field keeps its first `max_len` feasigns on a line; missing slots stay 0.
+
+Whole chunks of a file are parsed with numpy (no Python loop over lines or tokens), which is
+what makes reading fast enough to keep the trainer busy. A line that breaks the format is found
+by the vectorised checks and then explained by `explain_line`, a slow but exact per-line parser,
+so error messages name the file, the line and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import UserError
+
+_NL, _CR, _COMMA, _COLON, _ZERO, _NINE = 10, 13, 44, 58, 48, 57
+_MAX_DIGITS = 18  # fits int64 without overflow checks
+_MAX_FIELD_BYTES = 8  # field names are packed into one uint64
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """Where each field's feasigns sit in a row of the `ids` matrix.
+
+    Field f occupies columns `offsets[f] : offsets[f] + max_lens[f]`; `width` is the total.
+    """
+
+    names: tuple[str, ...]
+    max_lens: tuple[int, ...]
+
+    def __post_init__(self):
+        if len(self.names) != len(self.max_lens):
+            raise ValueError("one max_len per field")
+        if len(set(self.names)) != len(self.names):
+            dup = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise UserError(f"field list names {dup} more than once")
+        for name, n in zip(self.names, self.max_lens, strict=True):
+            if n < 1:
+                raise UserError(f"field {name}: max_len must be at least 1, got {n}")
+            if not 0 < len(name.encode()) <= _MAX_FIELD_BYTES or ":" in name or "," in name:
+                raise UserError(f"field name {name!r}: 1 to 8 bytes, no ':' or ','")
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in np.cumsum((0,) + self.max_lens[:-1]))
+
+    @property
+    def width(self) -> int:
+        return int(sum(self.max_lens))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Columns:
+    """Parsed rows: `sample_id` [N] int64, `labels` [N, k] int8, `ids` [N, width] int64."""
+
+    sample_id: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+    def take(self, mask_or_index) -> Columns:
+        return Columns(
+            self.sample_id[mask_or_index], self.labels[mask_or_index], self.ids[mask_or_index]
+        )
+
+    @staticmethod
+    def concat(parts: list[Columns], n_labels: int, width: int) -> Columns:
+        if not parts:
+            return Columns(
+                np.zeros(0, np.int64), np.zeros((0, n_labels), np.int8), np.zeros((0, width))
+            )
+        return Columns(
+            np.concatenate([p.sample_id for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+        )
+
+
+@dataclass
+class BadLines:
+    """Lines that broke the format: count and the first few explained."""
+
+    count: int = 0
+    examples: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, message: str, limit: int = 5):
+        self.count += 1
+        if len(self.examples) < limit:
+            self.examples.append(message)
+
+
+_range: dict = {}  # the byte range that `parse_file` of one path keeps to (per process)
+
+
+@contextlib.contextmanager
+def byte_range(path: str, start: int, end: int):
+    """Make `SlotParser.parse_file(path)` read only bytes [start, end) of `path` (both on line
+    starts), with the right line numbers in error messages. Yields a dict whose "used" tells
+    whether a parser honoured it (a reader that does not use `parse_file` would not)."""
+    _range.clear()
+    _range.update(path=path, start=start, end=end, used=False)
+    try:
+        yield _range
+    finally:
+        state = dict(_range)
+        _range.clear()
+        _range.update(used=state["used"])
+
+
+def _count_lines(path: str, end: int, block: int = 16 << 20) -> int:
+    """Newlines in the first `end` bytes of `path`."""
+    n = 0
+    with open(path, "rb") as f:
+        while end > 0:
+            data = f.read(min(block, end))
+            if not data:
+                break
+            n += data.count(b"\n")
+            end -= len(data)
+    return n
+
+
+def line_starts(path: str, parts: int) -> list[int]:
+    """`parts + 1` byte offsets that cut `path` into about equal runs of whole lines."""
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, parts):
+            pos = max(size * k // parts, cuts[-1])
+            f.seek(pos)
+            f.readline()  # to the start of the next line
+            cuts.append(min(max(f.tell(), cuts[-1]), size))
+    cuts.append(size)
+    return cuts
+
+
+def _pack_name(name: str) -> int:
+    raw = name.encode()
+    return int.from_bytes(raw + b"\0" * (_MAX_FIELD_BYTES - len(raw)), "little")
+
+
+class SlotParser:
+    """Parse slot text into `Columns`.
+
+    Args:
+        layout: the fields to keep and how many feasigns each keeps.
+        label_names: names of the label columns after sample_id (their values must be 0 or 1).
+        id_limit: feasigns must be below this (the embedding table size); None = no check.
+        id_limit_key: the config key to name when an id is too large.
+        hash_ids: fold ids >= id_limit into [1, id_limit) (1 + (id - 1) mod (id_limit - 1))
+            instead of rejecting them; ids already below the limit are unchanged.
+        skip_bad: count and skip malformed lines instead of stopping at the first one.
+    """
+
+    def __init__(
+        self,
+        layout: FieldLayout,
+        label_names: tuple[str, ...] = ("click", "buy"),
+        id_limit: int | None = None,
+        id_limit_key: str = "hyper_parameters.sparse_feature_number",
+        skip_bad: bool = False,
+        hash_ids: bool = False,
+    ):
+        self.layout = layout
+        self.hash_ids = hash_ids and id_limit is not None
+        self.label_names = tuple(label_names)
+        self.id_limit = id_limit
+        self.id_limit_key = id_limit_key
+        self.skip_bad = skip_bad
+        packed = np.array([_pack_name(n) for n in layout.names], dtype=np.uint64)
+        self._key_order = np.argsort(packed)
+        self._keys_sorted = packed[self._key_order]
+        self._offsets = np.array(layout.offsets, dtype=np.int64)
+        self._max_lens = np.array(layout.max_lens, dtype=np.int64)
+        self._field_index = {n: i for i, n in enumerate(layout.names)}
+
+    # ------------------------------------------------------------------ files
+    def parse_file(
+        self, path: str, chunk_bytes: int = 4 << 20, bad: BadLines | None = None
+    ) -> Iterator[Columns]:
+        """Yield `Columns` for consecutive chunks of whole lines of `path`.
+
+        Inside `with byte_range(path, start, end):` only the lines in bytes [start, end) are
+        read (the data layer uses it to parse one file in several processes).
+        """
+        bad = bad if bad is not None else BadLines()
+        start, end = 0, None
+        if _range.get("path") == path:
+            start, end = _range["start"], _range["end"]
+            _range["used"] = True
+        line_no = _count_lines(path, start)  # lines before the current chunk
+        rest = b""
+        with open(path, "rb") as f:
+            f.seek(start)
+            left = end - start if end is not None else None
+            while True:
+                block = f.read(chunk_bytes if left is None else min(chunk_bytes, left))
+                if left is not None:
+                    left -= len(block)
+                data = rest + block
+                if not block:  # end of file: the last line may lack its newline
+                    if data:
+                        yield self.parse_bytes(data, path, line_no, bad)
+                    return
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # no complete line yet (a very long line): read more
+                    rest = data
+                    continue
+                chunk, rest = data[:cut], data[cut:]
+                yield self.parse_bytes(chunk, path, line_no, bad)
+                line_no += chunk.count(b"\n")
+
+    # ------------------------------------------------------------------ chunks
+    def parse_bytes(
+        self, data: bytes, source: str = "<bytes>", first_line: int = 0, bad: BadLines | None = None
+    ) -> Columns:
+        """Parse whole lines. `first_line` is the number of lines before `data` in `source`."""
+        n_head = 1 + len(self.label_names)
+        width = self.layout.width
+        buf = np.frombuffer(data, dtype=np.uint8)
+        if buf.size and buf[-1] != _NL:
+            buf = np.concatenate([buf, np.array([_NL], np.uint8)])
+        if (buf == _CR).any():  # CRLF line ends (or stray CRs): drop every CR
+            buf = buf[buf != _CR]
+
+        # --- tokens: separated by ',' or '\n'
+        is_sep = (buf == _COMMA) | (buf == _NL)
+        tok_end = np.flatnonzero(is_sep)
+        tok_start = np.empty_like(tok_end)
+        tok_start[0:1] = 0
+        tok_start[1:] = tok_end[:-1] + 1
+        ends_line = buf[tok_end] == _NL
+        n_lines = int(ends_line.sum())
+        line_of = np.zeros(len(tok_end), np.int64)
+        line_of[1:] = np.cumsum(ends_line[:-1])
+        first_tok = np.flatnonzero(np.concatenate(([True], ends_line[:-1])))
+        tok_idx = np.arange(len(tok_end)) - first_tok[line_of]
+        tok_len = tok_end - tok_start
+        n_tok = np.bincount(line_of, minlength=n_lines)
+        empty_line = (n_tok == 1) & (tok_len[first_tok] == 0)
+        bad_line = (n_tok < n_head) & ~empty_line
+
+        # every byte offset as the start of an unaligned little-endian uint64 (8 bytes at once)
+        words = _words(buf)
+
+        # --- head columns: sample_id, labels
+        full = (n_tok >= n_head) & ~empty_line
+        sample_id = np.zeros(n_lines, np.int64)
+        labels = np.zeros((n_lines, len(self.label_names)), np.int8)
+        head_lines = np.flatnonzero(full)
+        t0 = first_tok[head_lines]
+        sample_id[head_lines], ok = _parse_uints(buf, words, tok_start[t0], tok_end[t0])
+        bad_line[head_lines[~ok]] = True
+        for j in range(len(self.label_names)):
+            t = t0 + 1 + j
+            byte = buf[tok_start[t]]
+            ok = (tok_len[t] == 1) & ((byte == _ZERO) | (byte == _ZERO + 1))
+            labels[head_lines, j] = (byte == _ZERO + 1) & ok
+            bad_line[head_lines[~ok]] = True
+
+        # --- feature tokens: after the head, containing ':'
+        # a field name is 1 to 8 bytes, so its ':' is one of the 8 bytes after the token start
+        feat = np.flatnonzero((tok_idx >= n_head) & (tok_len >= 2))
+        fstart = tok_start[feat]
+        name_len = _first_byte(words[fstart + 1], _COLON) + 1  # 9 = no ':' in reach
+        has = name_len < np.minimum(tok_len[feat], _MAX_FIELD_BYTES + 1)
+        feat, fstart, name_len = feat[has], fstart[has], name_len[has]
+        colon, fend = fstart + name_len, tok_end[feat]
+        key = words[fstart] & _LOW_BYTES[name_len]
+        pos = np.searchsorted(self._keys_sorted, key)
+        pos_c = np.minimum(pos, len(self._keys_sorted) - 1)
+        known = self._keys_sorted[pos_c] == key
+        feat, colon, fend = feat[known], colon[known], fend[known]
+        field = self._key_order[pos_c[known]]
+        value, ok = _parse_uints(buf, words, colon + 1, fend)
+        if self.hash_ids:
+            value = np.where(value >= self.id_limit, 1 + (value - 1) % (self.id_limit - 1), value)
+        elif self.id_limit is not None:
+            ok &= value < self.id_limit
+        bad_line[line_of[feat[~ok]]] = True
+        line = line_of[feat]
+
+        # --- bad lines: stop with the first, or skip them all
+        if bad_line.any():
+            bad = bad if bad is not None else BadLines()
+            for i in np.flatnonzero(bad_line):
+                where = f"{source}:{first_line + i + 1}"
+                start = tok_start[first_tok[i]]
+                end = tok_end[first_tok[i] + n_tok[i] - 1]
+                message = f"{where}: {self.explain_line(bytes(buf[start:end]))}"
+                if not self.skip_bad:
+                    raise UserError(message)
+                bad.add(message)
+
+        # --- scatter feasigns: the first max_len of each (line, field), in file order
+        group = line * len(self.layout.names) + field
+        order = np.argsort(group, kind="stable")
+        group_sorted = group[order]
+        starts = np.concatenate(([True], group_sorted[1:] != group_sorted[:-1]))
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - first
+        sel = order[rank < self._max_lens[field[order]]]
+        rank_sel = rank[rank < self._max_lens[field[order]]]
+        ids = np.zeros((n_lines, width), np.int64)
+        ids[line[sel], self._offsets[field[sel]] + rank_sel] = value[sel]
+
+        keep = ~(bad_line | empty_line)
+        return Columns(sample_id[keep], labels[keep], ids[keep])
+
+    # ------------------------------------------------------------------ messages
+    def explain_line(self, line: bytes) -> str:
+        """Say exactly what is wrong with one line (the slow path, for error messages)."""
+        text = line.decode("utf-8", errors="replace")
+        if any(ord(c) < 32 and c not in "\t" for c in text) or "\ufffd" in text:
+            return "binary data, not a slot text line"
+        cols = text.split(",")
+        n_head = 1 + len(self.label_names)
+        if len(cols) < n_head:
+            names = ",".join(("sample_id",) + self.label_names)
+            return (
+                f"expected at least {n_head} comma-separated columns ({names}), found {len(cols)}"
+            )
+        if not _is_uint(cols[0]):
+            return f"sample_id {_short(cols[0])} is not a non-negative integer"
+        for name, value in zip(self.label_names, cols[1:n_head], strict=True):
+            if value not in ("0", "1"):
+                return f"{name} must be 0 or 1, got {_short(value)}"
+        for token in cols[n_head:]:
+            name, colon, feasign = token.partition(":")
+            if not colon or name not in self._field_index:
+                continue
+            if not _is_uint(feasign):
+                return f"field {name}: feasign {_short(feasign)} is not a non-negative integer"
+            if not self.hash_ids and self.id_limit is not None and int(feasign) >= self.id_limit:
+                return (
+                    f"field {name}: feasign {feasign} is not below {self.id_limit_key}"
+                    f"={self.id_limit}; raise {self.id_limit_key} to at least {int(feasign) + 1}"
+                    " (or set hyper_parameters.hash_ids: True to fold large ids into the table)"
+                )
+        return "malformed line"
+
+
+# ----------------------------------------------------------------------------- SWAR helpers
+# Bytes are read 8 at a time as uint64 words ("SIMD within a register"), so finding a ':' and
+# parsing up to 8 digits cost a handful of whole-array operations instead of one per byte.
+_ONES = np.uint64(0x0101010101010101)
+_HIGH_BITS = np.uint64(0x8080808080808080)
+_ASCII_0 = np.uint64(0x3030303030303030)
+# _LOW_BYTES[n]: a mask of the first n bytes (n = 0..8) of a little-endian word
+_LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
+# _ZERO_FILL[n]: '0' in the first 8 - n bytes, to left-pad an n-digit number to 8 digits
+_ZERO_FILL = np.array(
+    [0x3030303030303030 & ((1 << (8 * (8 - n))) - 1) for n in range(9)], np.uint64
+)
+_U64 = np.uint64
+
+
+def _words(buf: np.ndarray) -> np.ndarray:
+    """`words[i]` = bytes `i .. i+7` of `buf` as a little-endian uint64 (zero-padded at the end);
+    `len(words) == len(buf) + 1`. A strided view of one padded copy, no per-offset copy."""
+    padded = np.zeros(len(buf) + 16, np.uint8)
+    padded[: len(buf)] = buf
+    return np.ndarray((len(buf) + 1,), dtype="<u8", buffer=padded, offset=0, strides=(1,))
+
+
+def _first_byte(word: np.ndarray, byte: int) -> np.ndarray:
+    """Index (0..7) of the first byte equal to `byte` in each word; 8 where there is none."""
+    v = word ^ _U64(byte * 0x0101010101010101)
+    hit = (v - _ONES) & ~v & _HIGH_BITS  # exact up to the first zero byte, which is all we need
+    lowest = hit & (~hit + _U64(1))  # lowest set bit: 0x80 << 8 k for byte k
+    # (1 << 8 k) * 0x0001020304050607 carries k into the top byte
+    index = ((lowest >> _U64(7)) * _U64(0x0001020304050607)) >> _U64(56)
+    return np.where(hit == 0, 8, index.astype(np.int64))
+
+
+def _parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative integers written in `buf[start:end]` -> (int64 values, ok).
+
+    `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
+    Spans of up to 8 digits, almost all of them, are parsed 8 bytes at a time; longer ones digit
+    by digit.
+    """
+    n = end - start
+    short = (n >= 1) & (n <= 8)
+    k = np.where(short, n, 8).astype(np.uint64)
+    # shift the digits to the end of the word and fill the front with '0': always 8 digits
+    x = (words[start] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k]
+    ok = short & (
+        (
+            (x & _U64(0xF0F0F0F0F0F0F0F0))
+            | (((x + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
+        )
+        == _U64(0x3333333333333333)
+    )
+    x = x - _ASCII_0
+    x = (x * _U64(10) + (x >> _U64(8))) & _U64(0x00FF00FF00FF00FF)
+    x = (x * _U64(100) + (x >> _U64(16))) & _U64(0x0000FFFF0000FFFF)
+    x = (x * _U64(10000) + (x >> _U64(32))) & _U64(0xFFFFFFFF)
+    value = np.where(ok, x.astype(np.int64), 0)
+    long = np.flatnonzero((n > 8) & (n <= _MAX_DIGITS))
+    if len(long):
+        s, m = start[long], n[long]
+        v = np.zeros(len(long), np.int64)
+        good = np.ones(len(long), bool)
+        for j in range(int(m.max())):
+            live = j < m
+            digit = buf[np.where(live, s + j, 0)].astype(np.int64) - _ZERO
+            good &= ~live | ((digit >= 0) & (digit <= 9))
+            v = np.where(live, v * 10 + digit, v)
+        value[long] = np.where(good, v, 0)
+        ok[long] = good
+    return value, ok
+
+
+def _is_uint(s: str) -> bool:
+    return s.isascii() and s.isdigit() and len(s) <= _MAX_DIGITS
+
+
+def _short(s: str, n: int = 40) -> str:
+    return repr(s if len(s) <= n else s[:n] + "...")
