@@ -1,0 +1,59 @@
+"""Static-graph adapter of ESMM (PaddleRec's `StaticModel` contract), for Paddle 3.x under PIR.
+
+It builds the same `ESMMLayer` inside a `paddle.static.Program`; feeds are derived from the field
+layout and every fetched value is named (`pctr`, `pcvr`, `pctcvr`, `loss`), never auto-generated.
+"""
+
+from __future__ import annotations
+
+import paddle
+
+from . import metrics
+from .net import ESMMLayer, HyperParameters, create_optimizer
+from .reader import Reader
+
+
+class StaticModel:
+    hyper_parameters_class = HyperParameters
+    label_names = Reader.label_names
+    output_names = ("pctr", "pcvr", "pctcvr")
+
+    def __init__(self, config):
+        self.config = config
+        self.hp = config.hyper_parameters
+        self.layer = None
+        self._loss = None
+        self.evaluate = metrics.evaluate_for(self.hp)
+
+    def create_feeds(self, is_infer: bool = False) -> dict:
+        feeds = {"ids": paddle.static.data("ids", [None, self.hp.layout().width], "int64")}
+        if not is_infer:
+            for name in self.label_names:
+                feeds[name] = paddle.static.data(name, [None, 1], "float32")
+        return feeds
+
+    def net(self, inputs: dict, is_infer: bool = False) -> dict:
+        """Build the network; returns the values to fetch by name."""
+        self.layer = ESMMLayer(self.hp)
+        if is_infer:
+            self.layer.eval()
+        outputs = self.layer(inputs["ids"])
+        fetch = {name: outputs[name] for name in self.output_names}
+        if not is_infer:
+            labels = {name: inputs[name] for name in self.label_names}
+            self._loss, _ = self.layer.loss(outputs, labels)
+            fetch["loss"] = self._loss
+        return fetch
+
+    def create_optimizer(self):
+        optimizer = create_optimizer(self.hp)
+        optimizer.minimize(self._loss)
+        if hasattr(optimizer._learning_rate, "restart"):
+            optimizer._learning_rate.restart()  # building read the schedule once
+        return optimizer
+
+    def create_metrics(self) -> metrics.TrainMetrics:
+        return metrics.TrainMetrics()
+
+    def infer_net(self, inputs: dict) -> dict:
+        return self.net(inputs, is_infer=True)
