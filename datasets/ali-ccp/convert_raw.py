@@ -1,0 +1,1225 @@
+#!/usr/bin/env python3
+"""Convert the raw Ali-CCP files (Tianchi data set 408) into PaddleRec's slot format.
+
+    python datasets/ali-ccp/convert_raw.py --raw RAW_DIR --out OUT_DIR [--min-count N]
+        [--workers N] [--skip-bad] [--force] [--fields 101,121,...]
+
+Input (``RAW_DIR``): ``sample_skeleton_{train,test}.csv`` with rows
+``sample_id,click,buy,common_feature_index,feature_num,feature_list`` and
+``common_features_{train,test}.csv`` with rows ``common_feature_index,feature_num,feature_list``;
+a feature list is ``field\\x02feature_id\\x03value`` items joined by ``\\x01``.
+
+Output (``OUT_DIR``): ``train_data/part-NNNNN.txt`` and ``test_data/part-NNNNN.txt``, one line per
+kept skeleton row, ``sample_id,click,buy`` then ``,field:feasign`` tokens (the skeleton's features
+in their raw order, then the user's common features in their raw order), and ``meta.json``.
+
+What happens, in order (every step streams; nothing grows with the skeleton):
+
+1. ``common_features_train.csv`` is parsed once, in parallel byte ranges, into a compact binary
+   side file of int64 keys ``field_index << 56 | feature_id`` (one run per common row) plus a
+   sorted array of 64-bit hashes of the ``common_feature_index`` strings.
+2. Train skeleton, pass 1: count every kept (field, id) key and how many kept rows reference each
+   common row; ``click=0,buy=1`` rows are dropped and counted.
+3. The common keys are counted with those reference counts as weights, so a key's count is the
+   number of train impressions it occurs in, whichever file it comes from. Keys with count >=
+   ``min_count`` form the vocabulary, sorted by (field order, id): feasign = rank + 1, so every
+   field gets one contiguous range and 0 stays padding (and means "unseen").
+4. Each common row is rendered once into its slot text (``,109_14:17,...\\n``) in a blob file on
+   disk; skeleton rows fetch their user's text with ``os.pread`` (page cache, not process memory).
+5. Train skeleton, pass 2, and the test skeleton are encoded with that one vocabulary (test ids
+   unseen in train are not written) and written per byte range, ``part-NNNNN.txt`` in file order.
+
+Everything is written into ``OUT_DIR/.convert-tmp-*`` and renamed into place at the end, so an
+interrupted or failed run never leaves half-written ``train_data/``/``test_data/``.
+
+Malformed lines stop the run with ``file:line: problem`` (exit status 2, no traceback), or with
+``--skip-bad`` are counted and skipped. A skeleton row whose ``common_feature_index`` is not in the
+split's common-features file is treated the same way (it cannot be encoded faithfully).
+
+Self-contained (stdlib + numpy + tqdm): it is loaded by path, not imported as a package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+# The 23 Ali-CCP fields, in the project's field order (user, user histories, item, crosses,
+# context). The order fixes the feasign ranges: field i's ids come before field i+1's.
+FIELDS = (
+    "101", "121", "122", "124", "125", "126", "127", "128", "129",
+    "109_14", "110_14", "127_14", "150_14",
+    "205", "206", "207", "210", "216",
+    "508", "509", "702", "853",
+    "301",
+)  # fmt: skip
+FIELD_MEANING = {
+    "101": "user id",
+    "121": "user profile (micro group)",
+    "122": "user profile (cms group)",
+    "124": "user gender",
+    "125": "user age",
+    "126": "user consumption level 1",
+    "127": "user consumption level 2",
+    "128": "user occupation",
+    "129": "user geography",
+    "109_14": "user history: categories",
+    "110_14": "user history: shops",
+    "127_14": "user history: brands",
+    "150_14": "user history: intention nodes",
+    "205": "item id",
+    "206": "item category",
+    "207": "item shop",
+    "210": "item intention nodes",
+    "216": "item brand",
+    "508": "cross: user (gender, age) x category",
+    "509": "cross: user x shop",
+    "702": "cross: user x brand",
+    "853": "cross: user x intention node",
+    "301": "context: position",
+}
+SPLITS = ("train", "test")
+SKELETON = "sample_skeleton_{}.csv"
+COMMON = "common_features_{}.csv"
+
+KEY_SHIFT = 56  # key = field_index << 56 | feature_id
+MAX_DIGITS = 16  # ids below 10**16 < 2**56 fit the key
+BLOCK_BYTES = 8 << 20  # bytes parsed at a time by a worker (bounds its memory)
+TASK_BYTES = 64 << 20  # bytes of raw input per task, and per output part file
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+EXIT_USER_ERROR = 2
+
+_POW10 = np.array([10**i for i in range(MAX_DIGITS + 1)], np.int64)
+
+
+class ConvertError(Exception):
+    """A problem the user can fix (bad input, existing output); printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens: hashing and digits, vectorised with 64-bit word loads (SWAR)
+#
+# A block is padded (8 bytes before, 264 after) and viewed as an unaligned uint64 at every byte
+# offset, so the 8 bytes at any position come out in one gather. A token of up to 16 digits is
+# two such words; 8 ASCII digits become a number in three multiply-shift steps.
+
+_PAD_BEFORE, _PAD_AFTER = 8, 264
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+_LOW_MASK = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], np.uint64)
+_ZEROS = np.uint64(0x3030303030303030)  # eight ASCII '0'
+_SIX = np.uint64(0x0606060606060606)
+_HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
+_M1 = np.uint64(0x000000FF000000FF)
+_MUL1 = np.uint64(100 + (1000000 << 32))
+_MUL2 = np.uint64(1 + (10000 << 32))
+_HASH_P = 0x100000001B3  # FNV-1 64-bit prime
+_HASH_MIX = 0x9E3779B97F4A7C15
+_HASH_WORDS = 32  # tokens longer than 256 bytes are hashed on their first 256 bytes
+_U64 = (1 << 64) - 1
+
+
+def hash_bytes(token: bytes) -> int:
+    """Python twin of `_hash_tokens`: fold the 8-byte little-endian words of the token."""
+    h = (len(token) * _HASH_MIX) & _U64
+    for i in range(0, min(len(token), 8 * _HASH_WORDS), 8):
+        w = int.from_bytes(token[i : i + 8], "little")
+        h = ((h ^ w) * _HASH_P) & _U64
+    return h
+
+
+class _Padded:
+    """A block with padding, as bytes (`arr`) and as a uint64 at every byte offset (`words`)."""
+
+    def __init__(self, buf: bytes):
+        self.buf = b"\0" * _PAD_BEFORE + buf + b"\0" * _PAD_AFTER
+        self.arr = np.frombuffer(self.buf, np.uint8)
+        self.words = np.ndarray((len(self.buf) - 7,), "<u8", self.buf, 0, (1,))
+
+
+def _hash_tokens(pb: _Padded, starts, lens):
+    """uint64 hash of each token pb.buf[starts:starts+lens] (exact key for up to 8 bytes)."""
+    h = lens.astype(np.uint64) * np.uint64(_HASH_MIX)
+    if len(starts) == 0:
+        return h
+    n_words = min(int((lens.max() + 7) // 8), _HASH_WORDS)
+    for i in range(n_words):
+        take = np.clip(lens - 8 * i, 0, 8)
+        w = pb.words[starts + 8 * i] & _LOW_MASK[take]
+        h = np.where(take > 0, (h ^ w) * np.uint64(_HASH_P), h)
+    return h
+
+
+def _eight_digits(w, n):
+    """Value of the last `n` (0..8) ASCII digits in words `w` and whether they are digits.
+
+    `w` holds the 8 bytes ending at the token's end; the bytes before the token become '0'.
+    """
+    low = _LOW_MASK[8 - n]
+    w = (w & ~low) | (_ZEROS & low)
+    ok = ((w & _HIGH_NIBBLES) == _ZEROS) & (((w + _SIX) & _HIGH_NIBBLES) == _ZEROS)
+    v = w - _ZEROS
+    v = v * np.uint64(10) + (v >> np.uint64(8))
+    v = ((v & _M1) * _MUL1 + ((v >> np.uint64(16)) & _M1) * _MUL2) >> np.uint64(32)
+    return v.astype(np.int64), ok
+
+
+def _parse_uint(pb: _Padded, starts, ends):
+    """Decimal value of each token and whether it is 1..16 ASCII digits."""
+    lens = ends - starts
+    ok = (lens >= 1) & (lens <= MAX_DIGITS)
+    if len(starts) == 0:
+        return np.zeros(0, np.int64), ok
+    n_lo = np.clip(lens, 0, 8)
+    lo, ok_lo = _eight_digits(pb.words[ends - 8], n_lo)
+    value, ok = lo, ok & ok_lo
+    if lens.max() > 8:
+        n_hi = np.clip(lens - 8, 0, 8)
+        hi, ok_hi = _eight_digits(pb.words[np.maximum(ends - 16, 0)], n_hi)
+        value = hi * 100_000_000 + lo
+        ok &= ok_hi
+    return value, ok
+
+
+# Allowed delimiter transitions within and between lines: ',' -> ',' STX NL; STX -> ETX;
+# ETX -> SOH NL; SOH -> STX; NL -> ',' NL. Anything else marks the line of the second one bad.
+_DELIMS = (ord(","), 1, 2, 3, 10)
+_TRANSITION_OK = np.zeros((64, 64), bool)
+for _a, _bs in ((",", ",\x02\n"), ("\x02", "\x03"), ("\x03", "\x01\n"), ("\x01", "\x02"),
+                ("\n", ",\n")):  # fmt: skip
+    for _b in _bs:
+        _TRANSITION_OK[ord(_a) & 63, ord(_b) & 63] = True
+
+
+class Block:
+    """One parsed block of raw lines (skeleton: 5 head columns, common: 2).
+
+    Per good line: `line_start` [G] byte offset in the block, `head_end` [G] end of
+    `sample_id,click,buy` (skeleton), `click`, `buy` [G] int8, `cfi` [G] uint64 hash.
+    Per kept feature: `feat_row` [F] index into the good lines (non-decreasing), `key` [F] int64.
+    `bad_offsets`: block offsets of the malformed lines; `n_lines`: non-blank lines.
+    """
+
+
+def parse_block(buf: bytes, n_head: int, field_hashes, field_index) -> Block:
+    """Parse complete lines (buf ends with a newline) with numpy only, no loop over lines."""
+    pb = _Padded(buf)
+    arr = pb.arr
+    body = arr[_PAD_BEFORE : _PAD_BEFORE + len(buf)]
+    is_delim = (body == 44) | (body == 10) | ((body >= 1) & (body <= 3))
+    dpos = np.flatnonzero(is_delim) + _PAD_BEFORE  # every delimiter ends one token
+    dcls = arr[dpos]
+    is_nl = dcls == 10
+    nl = np.flatnonzero(is_nl)
+    n_lines = len(nl)
+    first = np.zeros(n_lines, np.int64)  # index of each line's first delimiter
+    first[1:] = nl[:-1] + 1
+    line_start = np.full(n_lines, _PAD_BEFORE, np.int64)
+    line_start[1:] = dpos[nl[:-1]] + 1
+    nl_cum = np.cumsum(is_nl)
+
+    # Structure: transitions between consecutive delimiters, commas and features per line.
+    prev = np.empty(len(dcls), np.uint8)
+    prev[0], prev[1:] = 10, dcls[:-1]
+    wrong = np.flatnonzero(~_TRANSITION_OK[prev & 63, dcls & 63])
+    bad = np.zeros(n_lines, bool)
+    bad[nl_cum[wrong] - is_nl[wrong]] = True
+    # With valid transitions a line is n commas, then STX ETX (SOH STX ETX)* or nothing, then NL:
+    # it has n_head commas iff its delimiter n_head - 1 is a comma and delimiter n_head is not.
+    has = first + n_head <= nl
+    at = np.minimum(first + n_head, len(dcls) - 1)
+    blank = (first == nl) & (dpos[nl] == line_start)
+    bad |= ~(has & (dcls[at - 1] == 44) & (dcls[at] != 44)) & ~blank
+    n_feat = (nl - first - n_head + 1) // 3
+    is_stx = dcls == 2
+    # An empty feature list ends ",\n"; text after the last comma must be a feature list.
+    before_nl = np.where(nl > first, dcls[np.maximum(nl - 1, 0)], 10)
+    bad |= (before_nl == 44) & (dpos[nl] - dpos[np.maximum(nl - 1, 0)] > 1)
+
+    # Head columns of structurally sound lines.
+    ok_lines = np.flatnonzero(~bad & ~blank)
+    f0 = first[ok_lines]
+    ends = [dpos[f0 + c] for c in range(n_head + 1)]  # end of column c (the list ends at NL)
+    starts = [line_start[ok_lines]] + [e + 1 for e in ends[:-1]]
+    head_ok = np.ones(len(ok_lines), bool)
+    if n_head == 5:
+        head_ok &= _parse_uint(pb, starts[0], ends[0])[1]
+        click_b, buy_b = arr[starts[1]], arr[starts[2]]
+        head_ok &= (ends[1] - starts[1] == 1) & (ends[2] - starts[2] == 1)
+        head_ok &= ((click_b == 48) | (click_b == 49)) & ((buy_b == 48) | (buy_b == 49))
+    c = n_head - 2
+    head_ok &= ends[c] > starts[c]
+    cfi = _hash_tokens(pb, starts[c], ends[c] - starts[c])
+    fnum, fnum_ok = _parse_uint(pb, starts[c + 1], ends[c + 1])
+    head_ok &= fnum_ok & (fnum == n_feat[ok_lines])
+
+    # Features of sound lines: the field token ends at STX, its id at the ETX right after.
+    row_of_line = np.full(n_lines, -1, np.int64)
+    row_of_line[ok_lines] = np.arange(len(ok_lines))
+    ftok = np.flatnonzero(is_stx)
+    frow = row_of_line[nl_cum[ftok]]
+    ftok, frow = ftok[frow >= 0], frow[frow >= 0]
+    fstart = dpos[ftok - 1] + 1
+    flen = dpos[ftok] - fstart
+    fhash = _hash_tokens(pb, fstart, flen)
+    pos = np.minimum(np.searchsorted(field_hashes, fhash), len(field_hashes) - 1)
+    fidx = np.where(field_hashes[pos] == fhash, field_index[pos], -1)
+    keep = fidx >= 0
+    ids, id_ok = _parse_uint(pb, dpos[ftok[keep]] + 1, dpos[ftok[keep] + 1])
+    row_bad = ~head_ok
+    row_bad[frow[flen == 0]] = True
+    row_bad[frow[keep][~id_ok]] = True
+    bad[ok_lines[row_bad]] = True
+
+    good_rows = ~row_bad
+    new_row = np.cumsum(good_rows) - 1
+    fkeep_row = frow[keep]
+    fsel = good_rows[fkeep_row]
+    g = ok_lines[good_rows]
+    b = Block()
+    b.n_lines = int(n_lines - blank.sum())
+    b.line_start = line_start[g] - _PAD_BEFORE
+    b.cfi = cfi[good_rows]
+    if n_head == 5:
+        b.click = (click_b[good_rows] - 48).astype(np.int8)
+        b.buy = (buy_b[good_rows] - 48).astype(np.int8)
+        b.head_end = ends[2][good_rows] - _PAD_BEFORE
+    b.feat_row = new_row[fkeep_row[fsel]]
+    b.key = (fidx[keep][fsel].astype(np.int64) << KEY_SHIFT) | ids[fsel]
+    b.bad_offsets = line_start[bad] - _PAD_BEFORE
+    return b
+
+
+def explain_line(line: bytes, n_head: int, kept_fields) -> str:
+    """What is wrong with one raw line (slow, exact twin of the checks in `parse_block`)."""
+    line = line.rstrip(b"\n")
+    cols = line.split(b",", n_head)
+    names = ["sample_id", "click", "buy"] if n_head == 5 else []
+    names += ["common_feature_index", "feature_num", "feature_list"]
+    if len(cols) < n_head + 1 or b"," in cols[-1]:
+        found = line.count(b",") + 1
+        return f"expected {n_head + 1} comma-separated columns ({','.join(names)}), found {found}"
+
+    def show(x: bytes) -> str:
+        return repr(x.decode("utf-8", "replace"))[:40]
+
+    def is_uint(x: bytes) -> bool:
+        return 1 <= len(x) <= MAX_DIGITS and x.isdigit() and x.isascii()
+
+    if n_head == 5:
+        if not is_uint(cols[0]):
+            return f"sample_id {show(cols[0])} is not a non-negative integer"
+        for name, x in (("click", cols[1]), ("buy", cols[2])):
+            if x not in (b"0", b"1"):
+                return f"{name} must be 0 or 1, got {show(x)}"
+    if not cols[n_head - 2]:
+        return "empty common_feature_index"
+    items = cols[-1].split(b"\x01") if cols[-1] else []
+    for i, item in enumerate(items, 1):
+        a, b = item.find(b"\x02"), item.find(b"\x03")
+        if item.count(b"\x02") != 1 or item.count(b"\x03") != 1 or not 0 <= a < b:
+            return f"feature {i} is not field\\x02feature_id\\x03value: {show(item)}"
+        field, fid = item[:a], item[a + 1 : b]
+        if not field:
+            return f"feature {i} has an empty field name"
+        if field.decode("utf-8", "replace") in kept_fields and not is_uint(fid):
+            return (
+                f"feature {i} (field {field.decode()}): feature_id {show(fid)} is not an "
+                f"integer of 1 to {MAX_DIGITS} digits"
+            )
+    fnum = cols[n_head - 1]
+    if not is_uint(fnum):
+        return f"feature_num {show(fnum)} is not an integer"
+    if int(fnum) != len(items):
+        return f"feature_num says {int(fnum)} but {len(items)} features found"
+    return "malformed line"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering `,field:feasign` tokens
+
+
+def _prefix_table(fields):
+    """[NF, P] uint8 bytes of ',field:' left-aligned, and their lengths."""
+    pre = [f",{f}:".encode() for f in fields]
+    width = max(len(p) for p in pre)
+    mat = np.zeros((len(pre), width), np.uint8)
+    for i, p in enumerate(pre):
+        mat[i, : len(p)] = np.frombuffer(p, np.uint8)
+    lens = np.array([len(p) for p in pre], np.int64)
+    return mat, lens, np.arange(width) < lens[:, None]
+
+
+def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=False):
+    """Text of `n_rows` rows: [head bytes] + `,field:feasign` per token + ['\\n'].
+
+    tok_row [T] non-decreasing row of each token, tok_field [T] field index, tok_val [T] > 0.
+    head: (src uint8 array, start [R], length [R]) copied verbatim at the start of each row.
+    Every piece is laid out in one row of a fixed-width byte matrix; the mask of real bytes
+    compresses it into the output in one step. Returns (bytes, row_len [R]).
+    """
+    pmat, plen, pmask = prefix
+    n_tok = len(tok_row)
+    h, nl = int(head is not None), int(newline)
+    per_row = h + nl
+    cnt = np.bincount(tok_row, minlength=n_rows)
+    before = np.cumsum(cnt) - cnt
+    ndig = np.searchsorted(_POW10, tok_val, side="right") if n_tok else np.zeros(0, np.int64)
+    dmax = int(ndig.max()) if n_tok else 0
+    hmax = int(head[2].max()) if h and n_rows else 0
+    pw = pmat.shape[1]
+    width = max(pw + dmax, hmax, 1)
+    mat = np.zeros((n_tok + n_rows * per_row, width), np.uint8)
+    mask = np.zeros(mat.shape, bool)
+    row_len = np.zeros(n_rows, np.int64)
+    if n_tok:
+        dest = np.arange(n_tok) + tok_row * per_row + h
+        mat[dest, :pw] = pmat[tok_field]
+        mask[dest, :pw] = pmask[tok_field]
+        cols = np.arange(dmax)
+        digits = (tok_val[:, None] // _POW10[dmax - 1 - cols]) % 10 + 48
+        mat[dest, pw : pw + dmax] = digits
+        mask[dest, pw : pw + dmax] = cols >= (dmax - ndig)[:, None]
+        row_len += np.bincount(tok_row, weights=plen[tok_field] + ndig, minlength=n_rows).astype(
+            np.int64
+        )
+    rows = np.arange(n_rows)
+    if h and n_rows:
+        src, hstart, hlen = head
+        hd = rows * per_row + before
+        hc = np.arange(hmax)
+        mat[hd, :hmax] = src[np.minimum(hstart[:, None] + hc, len(src) - 1)]
+        mask[hd, :hmax] = hc < hlen[:, None]
+        row_len += hlen
+    if nl and n_rows:
+        nd = rows * per_row + h + before + cnt
+        mat[nd, 0] = 10
+        mask[nd, 0] = True
+        row_len += 1
+    return mat[mask].tobytes(), row_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading byte ranges
+
+
+def split_ranges(path: Path, n_tasks: int) -> list[tuple[int, int]]:
+    """Cut a file into about `n_tasks` byte ranges that start at line starts."""
+    size = path.stat().st_size
+    if size == 0:
+        return []
+    cuts = [0]
+    with open(path, "rb") as fh:
+        for i in range(1, n_tasks):
+            fh.seek(max(size * i // n_tasks - 1, cuts[-1]))
+            fh.readline()
+            pos = fh.tell()
+            if cuts[-1] < pos < size:
+                cuts.append(pos)
+    cuts.append(size)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def n_tasks_for(size: int, workers: int) -> int:
+    tasks = math.ceil(size / TASK_BYTES)
+    if size > (1 << 20):  # big enough to be worth splitting over every worker
+        tasks = max(tasks, workers)
+    return max(tasks, 1)
+
+
+def read_blocks(path, start, end, block_bytes=None):
+    """Yield (offset, bytes) of whole lines covering [start, end); the last gets a newline."""
+    block_bytes = block_bytes or BLOCK_BYTES
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        pos, carry = start, b""
+        while pos < end:
+            data = fh.read(min(block_bytes, end - pos))
+            if not data:
+                break
+            pos += len(data)
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and pos < end:
+                carry = data  # a line longer than a block: keep reading
+                continue
+            if pos >= end:
+                cut = len(data)
+            block, carry = data[:cut], data[cut:]
+            if block:
+                if not block.endswith(b"\n"):
+                    block += b"\n"
+                yield pos - len(data), block
+        if carry:
+            yield pos - len(carry), carry if carry.endswith(b"\n") else carry + b"\n"
+
+
+def line_number(path, offset: int) -> int:
+    """1-based number of the line starting at byte `offset`."""
+    n, done = 1, 0
+    with open(path, "rb") as fh:
+        while done < offset:
+            data = fh.read(min(16 << 20, offset - done))
+            if not data:
+                break
+            n += data.count(b"\n")
+            done += len(data)
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Work done in worker processes. Read-only state lives in `_S`, set before the workers fork.
+
+_S: dict = {}
+
+
+def _bad_lines(path, block, off, buf, n_head):
+    """(count, first offset, first message) of the malformed lines in a block."""
+    if len(block.bad_offsets) == 0:
+        return 0, None, None
+    o = int(block.bad_offsets[0])
+    line = buf[o : buf.index(b"\n", o)]
+    return len(block.bad_offsets), off + o, explain_line(line, n_head, _S["fields"])
+
+
+class _TaskError(Exception):
+    def __init__(self, path, offset, message):
+        super().__init__(message)
+        self.path, self.offset, self.message = path, offset, message
+
+
+def _sum_counts(keys, counts):
+    """Combine duplicate keys: (sorted unique keys, summed counts)."""
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return keys[start], np.add.reduceat(counts, start)
+
+
+class _Counts:
+    """Running (key, count) totals; new parts are buffered and merged in batches."""
+
+    BUFFER = 8_000_000  # keys buffered before a merge
+
+    def __init__(self):
+        self.parts, self.buffered = [], 0
+
+    def add(self, keys, counts):
+        self.parts.append((keys, counts))
+        self.buffered += len(keys)
+        if self.buffered > self.BUFFER:
+            self.parts = [_merge(self.parts)]
+            self.buffered = 0
+
+    def result(self):
+        return _merge(self.parts)
+
+
+def _merge(parts):
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return _sum_counts(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _common_task(task, progress):
+    """Parse a byte range of a common-features file.
+
+    mode "keys" (train): write the kept keys to `out` (int64), return per-row key counts.
+    mode "render" (test): write each row's slot text to `out`, return per-row byte lengths.
+    """
+    path, start, end, out, mode = task
+    hashes, sizes, n_bad, first_bad, n_lines = [], [], 0, None, 0
+    n_tok = n_unseen = 0
+    with open(out, "wb") as fh:
+        for off, buf in read_blocks(path, start, end):
+            b = parse_block(buf, 2, _S["field_hashes"], _S["field_index"])
+            n_lines += b.n_lines
+            nb, o, msg = _bad_lines(path, b, off, buf, 2)
+            if nb and not _S["skip_bad"]:
+                raise _TaskError(path, o, msg)
+            n_bad += nb
+            if nb and first_bad is None:
+                first_bad = (o, msg)
+            hashes.append(b.cfi)
+            if mode == "keys":
+                b.key.tofile(fh)
+                sizes.append(np.bincount(b.feat_row, minlength=len(b.cfi)))
+            else:
+                fs = _lookup(b.key)
+                seen = fs > 0
+                n_tok += len(fs)
+                n_unseen += int((~seen).sum())
+                text, row_len = render_rows(
+                    len(b.cfi),
+                    b.feat_row[seen],
+                    (b.key[seen] >> KEY_SHIFT),
+                    fs[seen],
+                    _S["prefix"],
+                    newline=True,
+                )
+                fh.write(text)
+                sizes.append(row_len)
+            progress(len(buf))
+    return {
+        "hashes": np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+        "sizes": np.concatenate(sizes) if sizes else np.zeros(0, np.int64),
+        "n_bad": n_bad,
+        "first_bad": first_bad,
+        "lines": n_lines,
+        "tokens": n_tok,
+        "unseen": n_unseen,
+    }
+
+
+def _lookup(keys):
+    """Feasign of each key (0 = not in the vocabulary)."""
+    vocab = _S["vocab"]
+    if len(vocab) == 0:
+        return np.zeros(len(keys), np.int64)
+    pos = np.minimum(np.searchsorted(vocab, keys), len(vocab) - 1)
+    return np.where(vocab[pos] == keys, pos + 1, 0)
+
+
+def _weighted_task(task, progress):
+    """Count the keys of a run of common rows, each weighted by its train reference count."""
+    path, row0, sizes = task
+    ref = _S["refcount"]
+    parts = []
+    for r, r2, keys in _key_runs(path, sizes, max(1, (32 << 20) // 8)):
+        w = np.repeat(ref[row0 + r : row0 + r2], sizes[r:r2])
+        sel = w > 0
+        parts.append(_sum_counts(keys[sel], w[sel]))
+        progress(len(keys) * 8)
+    return _merge(parts)
+
+
+def _key_runs(path, sizes, step):
+    """Yield `(r, r2, keys)`: the int64 keys of rows r..r2-1 of a key file whose rows hold
+    `sizes` keys each, about `step` keys at a time (always at least one whole row)."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    with open(path, "rb") as fh:
+        r = 0
+        while r < len(sizes):
+            r2 = int(np.searchsorted(bounds, bounds[r] + step, side="right")) - 1
+            r2 = min(max(r2, r + 1), len(sizes))
+            yield r, r2, np.fromfile(fh, np.int64, count=int(bounds[r2] - bounds[r]))
+            r = r2
+
+
+def _render_common_task(task, progress):
+    """Render the slot text of a run of common train rows from their keys."""
+    path, sizes, out = task
+    lens, n_tok, n_unseen = [], 0, 0
+    with open(out, "wb") as wh:
+        for r, r2, keys in _key_runs(path, sizes, 4 << 20):
+            rows = np.repeat(np.arange(r2 - r), sizes[r:r2])
+            fs = _lookup(keys)
+            seen = fs > 0
+            n_tok += len(fs)
+            n_unseen += int((~seen).sum())
+            text, row_len = render_rows(
+                r2 - r, rows[seen], keys[seen] >> KEY_SHIFT, fs[seen], _S["prefix"], newline=True
+            )
+            wh.write(text)
+            lens.append(row_len)
+            progress(len(keys) * 8)
+    lens = np.concatenate(lens) if lens else np.zeros(0, np.int64)
+    return {"sizes": lens, "tokens": n_tok, "unseen": n_unseen}
+
+
+class _Blobs:
+    """Reads the rendered text of common rows with pread, remembering the last one."""
+
+    def __init__(self, index):
+        self.files, self.part, self.off, self.len = index
+        self.fds = {}
+
+    def get(self, cid):
+        p = int(self.part[cid])
+        fd = self.fds.get(p)
+        if fd is None:
+            fd = self.fds[p] = os.open(self.files[p], os.O_RDONLY)
+        return os.pread(fd, int(self.len[cid]), int(self.off[cid]))
+
+    def close(self):
+        for fd in self.fds.values():
+            os.close(fd)
+
+
+def _skeleton_task(task, progress):
+    """Pass over a byte range of a skeleton file.
+
+    mode "count": return key counts and per-common-row reference counts.
+    mode "encode": write the slot lines to `out`.
+    """
+    path, start, end, out, mode = task
+    idx_hash, idx_cid = _S["common_index"]
+    res = {"lines": 0, "rows": 0, "noise": 0, "n_bad": 0, "missing": 0, "first_bad": None}
+    res.update(tokens=0, unseen=0)
+    parts = []
+    ref = np.zeros(len(idx_hash), np.int64) if mode == "count" else None
+    blobs = _Blobs(_S["blobs"]) if mode == "encode" else None
+    with contextlib.ExitStack() as stack:
+        wh = None
+        if mode == "encode":
+            wh = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            stack.callback(os.close, wh)
+        if blobs is not None:
+            stack.callback(blobs.close)
+        for off, buf in read_blocks(path, start, end):
+            b = parse_block(buf, 5, _S["field_hashes"], _S["field_index"])
+            res["lines"] += b.n_lines
+            nb, o, msg = _bad_lines(path, b, off, buf, 5)
+            if nb and not _S["skip_bad"]:
+                raise _TaskError(path, o, msg)
+            if nb:
+                res["n_bad"] += nb
+                if res["first_bad"] is None:
+                    res["first_bad"] = (o, msg)
+            # Join with the common features.
+            if len(idx_hash):
+                pos = np.minimum(np.searchsorted(idx_hash, b.cfi), len(idx_hash) - 1)
+                found = idx_hash[pos] == b.cfi
+                cid = idx_cid[pos]
+            else:
+                found = np.zeros(len(b.cfi), bool)
+                cid = np.zeros(len(b.cfi), np.int64)
+            if not found.all():
+                i = int(np.flatnonzero(~found)[0])
+                o = int(b.line_start[i])
+                line = buf[o : buf.index(b"\n", o)]
+                cfi_text = line.split(b",")[3].decode("utf-8", "replace")
+                common = COMMON.format(_S["split"])
+                msg = f"common_feature_index {cfi_text!r} is not in {common}"
+                if not _S["skip_bad"]:
+                    raise _TaskError(path, off + o, msg)
+                res["missing"] += int((~found).sum())
+                if res["first_bad"] is None:
+                    res["first_bad"] = (off + o, msg)
+            noise = (b.click == 0) & (b.buy == 1)
+            res["noise"] += int((noise & found).sum())
+            keep = found & ~noise
+            res["rows"] += int(keep.sum())
+            fkeep = keep[b.feat_row]
+            if mode == "count":
+                keys = b.key[fkeep]
+                parts.append(_sum_counts(keys, np.ones(len(keys), np.int64)))
+                ref += np.bincount(cid[keep], minlength=len(ref))
+            else:
+                _write_rows(wh, buf, b, keep, fkeep, cid, blobs, res)
+            progress(len(buf))
+    if mode == "count":
+        res["counts"] = _merge(parts)
+        res["refcount"] = ref
+    return res
+
+
+def _write_rows(wh, buf, b, keep, fkeep, cid, blobs, res):
+    rows = np.flatnonzero(keep)
+    new_row = np.cumsum(keep) - 1
+    keys = b.key[fkeep]
+    fs = _lookup(keys)
+    seen = fs > 0
+    res["tokens"] += len(fs)
+    res["unseen"] += int((~seen).sum())
+    frow = new_row[b.feat_row[fkeep]][seen]
+    src = np.frombuffer(buf, np.uint8)
+    hstart = b.line_start[rows]
+    head = (src, hstart, b.head_end[rows] - hstart)
+    text, row_len = render_rows(
+        len(rows), frow, keys[seen] >> KEY_SHIFT, fs[seen], _S["prefix"], head=head
+    )
+    ends = np.cumsum(row_len).tolist()
+    mv = memoryview(text)
+    pieces, last, blob, a = [], -1, b"", 0
+    # writev straight from the pieces: no joined copy of the (large) output in between.
+    for e, c in zip(ends, cid[rows].tolist(), strict=True):
+        if c != last:
+            blob, last = blobs.get(c), c
+        pieces.append(mv[a:e])
+        pieces.append(blob)
+        a = e
+        if len(pieces) >= _IOV_MAX:
+            _writev_all(wh, pieces)
+            pieces = []
+    _writev_all(wh, pieces)
+
+
+def _writev_all(fd, pieces):
+    total = sum(len(p) for p in pieces)
+    done = os.writev(fd, pieces) if pieces else 0
+    if done < total:  # short write (rare): finish with plain writes
+        data = b"".join(pieces)[done:]
+        while data:
+            data = data[os.write(fd, data) :]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running tasks on worker processes (fork: the state in `_S` is inherited, not pickled)
+
+
+def _worker(fn, tasks, inq, outq):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+
+    def progress(n):
+        outq.put(("progress", None, n))
+
+    while True:
+        i = inq.get()
+        if i is None:
+            return
+        try:
+            outq.put(("done", i, fn(tasks[i], progress)))
+        except _TaskError as e:
+            outq.put(("bad", i, (e.path, e.offset, e.message)))
+        except BaseException:  # a bug: hand the traceback to the parent
+            outq.put(("crash", i, traceback.format_exc()))
+            return
+
+
+def run_tasks(fn, tasks, workers, bar, on_result=None):
+    """Run fn(task, progress) for every task; results in task order.
+
+    With `on_result(value)`, results are handed over as they arrive (in any order) and not kept,
+    so folding them (sums, merged counts) needs no memory per task.
+    """
+    results = [None] * len(tasks)
+
+    def done(i, val):
+        if on_result is None:
+            results[i] = val
+        else:
+            on_result(val)
+
+    if workers <= 1 or len(tasks) <= 1:
+        for i, t in enumerate(tasks):
+            try:
+                done(i, fn(t, bar.update))
+            except _TaskError as e:
+                _raise_bad(e.path, e.offset, e.message)
+        return results
+    ctx = mp.get_context("fork")
+    inq, outq = ctx.Queue(), ctx.Queue()
+    for i in range(len(tasks)):
+        inq.put(i)
+    procs = []
+    for _ in range(min(workers, len(tasks))):
+        inq.put(None)
+        p = ctx.Process(target=_worker, args=(fn, tasks, inq, outq), daemon=True)
+        p.start()
+        procs.append(p)
+    left = len(tasks)
+    try:
+        while left:
+            try:
+                kind, i, val = outq.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a worker died (exit code {dead[0].exitcode})") from None
+                continue
+            if kind == "progress":
+                bar.update(val)
+            elif kind == "done":
+                done(i, val)
+                left -= 1
+            elif kind == "bad":
+                _raise_bad(*val)
+            else:
+                raise RuntimeError("a worker failed:\n" + val)
+    finally:
+        for p in procs:
+            if p.is_alive() and left:
+                p.terminate()
+        for p in procs:
+            p.join()
+    return results
+
+
+def _raise_bad(path, offset, message):
+    raise ConvertError(f"{Path(path).name}:{line_number(path, offset)}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """tqdm bar on a terminal; otherwise a plain line every ~10% (logs stay readable)."""
+
+    def __init__(self, desc, total, enabled=True):
+        self.desc, self.total, self.n, self.enabled = desc, max(int(total), 1), 0, enabled
+        self.t0, self.next_pct, self.bar = time.time(), 10, None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr)
+
+    def update(self, n):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled:
+            pct = 100 * self.n // self.total
+            if pct >= self.next_pct and pct < 100:
+                self._line(f"{pct}%")
+                self.next_pct = (pct // 10 + 1) * 10
+
+    def _line(self, what):
+        dt = max(time.time() - self.t0, 1e-9)
+        print(
+            f"{self.desc}: {what} ({self.n / 1e6:.1f} MB, {self.n / 1e6 / dt:.1f} MB/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            self._line(f"done in {time.time() - self.t0:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# The conversion
+
+
+def _check_output(out_dir: Path, force: bool):
+    for name in ("train_data", "test_data"):
+        p = out_dir / name
+        if p.exists() and not p.is_dir():
+            raise ConvertError(f"{p} exists and is not a folder")
+        if p.is_dir() and any(p.iterdir()) and not force:
+            raise ConvertError(f"{p} already exists and is not empty; use --force to replace it")
+
+
+def _field_lookup(fields):
+    hashes = np.array([hash_bytes(f.encode()) for f in fields], np.uint64)
+    order = np.argsort(hashes)
+    return hashes[order], order.astype(np.int64)
+
+
+def convert(
+    raw_dir,
+    out_dir,
+    min_count=1,
+    workers=2,
+    skip_bad=False,
+    force=False,
+    fields=None,
+    progress=True,
+):
+    """Convert the four raw Ali-CCP files in `raw_dir` into slot files in `out_dir`.
+
+    Returns the meta dict also written to `out_dir/meta.json`. Raises ConvertError for problems
+    in the input or an existing output.
+    """
+    t0 = time.time()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    fields = tuple(fields) if fields else FIELDS
+    if len(set(fields)) != len(fields) or not 0 < len(fields) < 256:
+        raise ConvertError(f"--fields: 1 to 255 distinct names, got {list(fields)}")
+    for f in fields:
+        if not f or any(c in f for c in ",:\x01\x02\x03\n"):
+            raise ConvertError(f"--fields: bad field name {f!r}")
+    if min_count < 1:
+        raise ConvertError(f"--min-count must be at least 1, got {min_count}")
+    workers = max(1, int(workers))
+    inputs = {}
+    for split in SPLITS:
+        for pat in (SKELETON, COMMON):
+            p = raw_dir / pat.format(split)
+            if not p.is_file():
+                raise ConvertError(
+                    f"raw file not found: {p} (expected sample_skeleton_{{train,test}}.csv and "
+                    "common_features_{train,test}.csv from Tianchi data set 408)"
+                )
+            inputs[p.name] = p
+    _check_output(out_dir, force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-tmp-", dir=out_dir))
+    work = tmp / "work"
+    work.mkdir()
+    fh, fi = _field_lookup(fields)
+    _S.clear()
+    _S.update(fields=set(fields), field_hashes=fh, field_index=fi, skip_bad=skip_bad)
+    _S.update(prefix=_prefix_table(fields))
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
+    meta = {
+        "converter": "datasets/ali-ccp/convert_raw.py",
+        "format": "slot",
+        "raw_dir": str(raw_dir),
+        "input_bytes": {name: p.stat().st_size for name, p in inputs.items()},
+        "fields": list(fields),
+        "min_count": min_count,
+        "splits": {},
+        "bad_lines": {},
+    }
+    try:
+        _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, meta, log)
+        meta["seconds"] = round(time.time() - t0, 2)
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.write("\n")
+        shutil.rmtree(work)
+        _install(tmp, out_dir)
+    finally:
+        _S.clear()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _install(tmp: Path, out_dir: Path):
+    """Move the finished outputs into place; old ones (with --force) go only after that."""
+    trash = tmp / "old"
+    trash.mkdir()
+    for name in ("train_data", "test_data", "meta.json"):
+        if (out_dir / name).exists():
+            os.replace(out_dir / name, trash / name)
+    for name in ("train_data", "test_data", "meta.json"):
+        os.replace(tmp / name, out_dir / name)
+
+
+def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, meta, log):
+    def bar(desc, total):
+        return Progress(desc, total, progress)
+
+    def ranges(path):
+        return split_ranges(path, n_tasks_for(path.stat().st_size, workers))
+
+    def run(fn, tasks, desc, total, on_result=None):
+        b = bar(desc, total)
+        try:
+            return run_tasks(fn, tasks, workers, b, on_result)
+        finally:
+            b.close()
+
+    # 1. Common train features -> key side files + index.
+    cpath = inputs[COMMON.format("train")]
+    ctasks = [
+        (cpath, a, z, work / f"common-train-{i:05d}.keys", "keys")
+        for i, (a, z) in enumerate(ranges(cpath))
+    ]
+    cres = run(_common_task, ctasks, "common train (parse)", cpath.stat().st_size)
+    index, n_common = _build_index(cres, cpath, skip_bad, meta)
+    _S.update(common_index=index, split="train")
+
+    # 2. Train skeleton, pass 1: counts.
+    spath = inputs[SKELETON.format("train")]
+    stasks = [(spath, a, z, None, "count") for a, z in ranges(spath)]
+    refcount = np.zeros(n_common, np.int64)
+    counts = _Counts()
+
+    def fold(r):
+        refcount[:] += r["refcount"]
+        counts.add(*r["counts"])
+
+    run(_skeleton_task, stasks, "train skeleton (count)", spath.stat().st_size, fold)
+
+    # 3. Weighted counts of the common keys, then the vocabulary.
+    _S["refcount"] = refcount
+    wtasks, row0 = [], 0
+    for t, r in zip(ctasks, cres, strict=True):
+        wtasks.append((t[3], row0, r["sizes"]))
+        row0 += len(r["sizes"])
+    key_bytes = sum(int(r["sizes"].sum()) * 8 for r in cres)
+    run(_weighted_task, wtasks, "train common (count)", key_bytes, lambda r: counts.add(*r))
+    keys, cnt = counts.result()
+    vocab = keys[cnt >= min_count]
+    del keys, cnt
+    counts.parts.clear()
+    _S["vocab"] = vocab
+    meta.update(_vocab_meta(vocab, fields))
+    log(f"vocabulary: {len(vocab)} feasigns (min_count={min_count})")
+
+    # 4. Render the common train rows.
+    rtasks = [
+        (t[3], r["sizes"], work / f"common-train-{i:05d}.txt")
+        for i, (t, r) in enumerate(zip(ctasks, cres, strict=True))
+    ]
+    rres = run(_render_common_task, rtasks, "train common (render)", key_bytes)
+    _S["blobs"] = _blob_index([t[2] for t in rtasks], [r["sizes"] for r in rres])
+    common_tokens = {"train": rres}
+
+    # 5. Train skeleton, pass 2: encode.
+    _encode_split("train", spath, tmp, stasks, run, meta)
+
+    # 6. Test: common features rendered directly, then the skeleton.
+    cpath = inputs[COMMON.format("test")]
+    ttasks = [
+        (cpath, a, z, work / f"common-test-{i:05d}.txt", "render")
+        for i, (a, z) in enumerate(ranges(cpath))
+    ]
+    tres = run(_common_task, ttasks, "test common (parse)", cpath.stat().st_size)
+    _S["common_index"], _ = _build_index(tres, cpath, skip_bad, meta)
+    _S["blobs"] = _blob_index([t[3] for t in ttasks], [r["sizes"] for r in tres])
+    _S["split"] = "test"
+    common_tokens["test"] = tres
+    spath = inputs[SKELETON.format("test")]
+    stasks = [(spath, a, z, None, "encode") for a, z in ranges(spath)]
+    _encode_split("test", spath, tmp, stasks, run, meta)
+    for split in SPLITS:  # per common-features row (each is written once per impression)
+        meta["splits"][split]["common_tokens"] = sum(r["tokens"] for r in common_tokens[split])
+        meta["splits"][split]["common_tokens_not_in_vocab"] = sum(
+            r["unseen"] for r in common_tokens[split]
+        )
+    for split in SPLITS:
+        s = meta["splits"][split]
+        log(
+            f"{split}: {s['rows']} rows written, {s['dropped_noise']} click=0,buy=1 rows dropped"
+            + (f", {s['skipped_bad']} bad lines skipped" if s["skipped_bad"] else "")
+            + (
+                f", {s['skipped_missing_common']} rows without common features skipped"
+                if s["skipped_missing_common"]
+                else ""
+            )  # fmt: skip
+        )
+    total_bad = sum(meta["bad_lines"].values())
+    if skip_bad:
+        log(f"--skip-bad: {total_bad} malformed lines skipped in total")
+
+
+def _build_index(results, path, skip_bad, meta):
+    """Sorted common_feature_index hashes -> row id; duplicates keep the first line."""
+    name = path.name
+    hashes = np.concatenate([r["hashes"] for r in results])
+    order = np.argsort(hashes, kind="stable")
+    sh = hashes[order]
+    dup = int((sh[1:] == sh[:-1]).sum()) if len(sh) else 0
+    n_bad = sum(r["n_bad"] for r in results)
+    firsts = [r["first_bad"] for r in results if r["first_bad"]]
+    if dup and not skip_bad:
+        raise ConvertError(
+            f"{name}: {dup} common_feature_index values appear on more than one line "
+            "(use --skip-bad to keep the first line of each)"
+        )
+    meta["bad_lines"][name] = n_bad + dup
+    if firsts:
+        o, msg = min(firsts)
+        meta.setdefault("first_bad_line", {})[name] = f"{name}:{line_number(path, o)}: {msg}"
+    split = "train" if "train" in name else "test"
+    meta.setdefault("common_rows", {})[split] = len(hashes) - dup
+    return (sh, order.astype(np.int64)), len(hashes)
+
+
+def _blob_index(files, lens):
+    lens = [np.asarray(x, np.int64) for x in lens]
+    part = np.concatenate([np.full(len(x), i, np.int32) for i, x in enumerate(lens)])
+    off = np.concatenate([np.cumsum(x) - x for x in lens]) if lens else np.zeros(0, np.int64)
+    return [str(f) for f in files], part, off, np.concatenate(lens)
+
+
+def _encode_split(split, path, tmp, stasks, run, meta):
+    out = tmp / f"{split}_data"
+    out.mkdir()
+    tasks = [(t[0], t[1], t[2], out / f"part-{i:05d}.txt", "encode") for i, t in enumerate(stasks)]
+    res = run(_skeleton_task, tasks, f"{split} skeleton (encode)", path.stat().st_size)
+    lines = sum(r["lines"] for r in res)
+    info = {
+        "input_rows": lines,
+        "rows": sum(r["rows"] for r in res),
+        "dropped_noise": sum(r["noise"] for r in res),
+        "skipped_bad": sum(r["n_bad"] for r in res),
+        "skipped_missing_common": sum(r["missing"] for r in res),
+        "common_rows": meta["common_rows"][split],
+        "skeleton_tokens": sum(r["tokens"] for r in res),
+        "skeleton_tokens_not_in_vocab": sum(r["unseen"] for r in res),
+        "files": [f"{split}_data/{t[3].name}" for t in tasks],
+    }
+    meta["splits"][split] = info
+    meta["bad_lines"][path.name] = info["skipped_bad"]
+    firsts = [r["first_bad"] for r in res if r["first_bad"]]
+    if firsts:
+        o, msg = min(firsts)
+        meta.setdefault("first_bad_line", {})[path.name] = (
+            f"{path.name}:{line_number(path, o)}: {msg}"
+        )
+    meta.setdefault("rows", {})[split] = info["rows"]
+    meta.setdefault("dropped_noise", {})[split] = info["dropped_noise"]
+
+
+def _vocab_meta(vocab, fields):
+    per = np.bincount((vocab >> KEY_SHIFT).astype(np.int64), minlength=len(fields))
+    start = np.cumsum(per) - per + 1
+    return {
+        "vocab_size": {
+            "per_field": {f: int(n) for f, n in zip(fields, per, strict=True)},
+            "total": int(len(vocab)),
+        },  # fmt: skip
+        "field_ranges": {
+            f: [int(s), int(s + n - 1)] for f, s, n in zip(fields, start, per, strict=True)
+        },
+        "sparse_feature_number": int(len(vocab)) + 1,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Convert the raw Ali-CCP (Tianchi) files into PaddleRec slot files.",
+        epilog="Writes OUT/train_data/, OUT/test_data/ and OUT/meta.json. See doc/data.md.",
+    )
+    parser.add_argument("--raw", required=True, help="folder with the four raw Tianchi CSV files")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--min-count", type=int, default=1,
+                        help="keep (field, id) pairs seen in at least this many train rows (default 1)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: all cores)")  # fmt: skip
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="count and skip malformed lines instead of stopping")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing OUT/train_data and OUT/test_data")  # fmt: skip
+    parser.add_argument("--fields", default=None,
+                        help="comma-separated fields to keep, in feasign order "
+                        "(default: the 23 Ali-CCP fields)")  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    args = parser.parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary output is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    try:
+        meta = convert(
+            args.raw,
+            args.out,
+            min_count=args.min_count,
+            workers=args.workers,
+            skip_bad=args.skip_bad,
+            force=args.force,
+            fields=fields,
+            progress=not args.quiet,
+        )
+    except ConvertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(
+            f"wrote {args.out}: train {meta['rows']['train']} rows, test {meta['rows']['test']} "
+            f"rows, sparse_feature_number={meta['sparse_feature_number']} ({meta['seconds']}s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
