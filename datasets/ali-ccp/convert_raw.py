@@ -775,6 +775,9 @@ def _writev_all(fd, pieces):
 
 def _worker(fn, tasks, inq, outq):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # a forked worker inherits the parent's SIGTERM handler (ours from main(), or one a library
+    # such as Paddle installed); the parent's terminate() must simply end it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def progress(n):
         outq.put(("progress", None, n))
@@ -843,12 +846,27 @@ def run_tasks(fn, tasks, workers, bar, on_result=None):
             else:
                 raise RuntimeError("a worker failed:\n" + val)
     finally:
-        for p in procs:
-            if p.is_alive() and left:
-                p.terminate()
-        for p in procs:
-            p.join()
+        _stop_workers(procs, (inq, outq), finished=not left)
     return results
+
+
+def _stop_workers(procs, queues, finished: bool):
+    """Reap the workers. After a failure (or Ctrl-C) nobody drains the queues any more: a worker
+    may be blocked writing to a full pipe, even on its way out, and so may this process's own
+    queue feeder; kill the workers and do not wait for the queues to flush."""
+    if not finished:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        for q in queues:
+            q.cancel_join_thread()
+    for p in procs:
+        p.join(timeout=30)
+        if p.is_alive():  # finished, yet stuck on its way out: nothing of it is needed
+            p.kill()
+            p.join()
+    for q in queues:
+        q.close()
 
 
 def _raise_bad(path, offset, message):
@@ -951,6 +969,7 @@ def convert(
                 )
             inputs[p.name] = p
     _check_output(out_dir, force)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-tmp-", dir=out_dir))
     work = tmp / "work"
@@ -978,6 +997,11 @@ def convert(
             f.write("\n")
         shutil.rmtree(work)
         _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # a failed run leaves no trace, not even the folder it made
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         _S.clear()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1192,8 +1216,16 @@ def main(argv=None) -> int:
                         "(default: the 23 Ali-CCP fields)")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    # `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary output is removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary output is removed; only while we
+    # run: main() may be called from a program that has its own handler
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _main(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
     fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
     try:
         meta = convert(

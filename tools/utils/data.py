@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import threading
 import traceback
@@ -335,6 +336,7 @@ def _parse_range(path: str, reader, folder: str, ids_dtype, start: int, end: int
 
 
 def _range_worker(path, reader, folder, ids_dtype, start, end):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler Paddle installed in the parent
     result = _parse_range(path, reader, folder, ids_dtype, start, end)
     with open(os.path.join(folder, "result.json"), "w") as f:
         json.dump(result, f)
