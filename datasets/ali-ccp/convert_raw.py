@@ -761,12 +761,11 @@ def _write_rows(wh, buf, b, keep, fkeep, cid, blobs, res):
 
 
 def _writev_all(fd, pieces):
-    total = sum(len(p) for p in pieces)
-    done = os.writev(fd, pieces) if pieces else 0
-    if done < total:  # short write (rare): finish with plain writes
-        data = b"".join(pieces)[done:]
-        while data:
-            data = data[os.write(fd, data) :]
+    # One large write of the joined pieces: the kernel copies many small iovecs (a row's own
+    # text, then its user's ~5 KB of common features) far slower than one buffer (3x here).
+    data = memoryview(b"".join(pieces))
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 # ---------------------------------------------------------------------------------------------
