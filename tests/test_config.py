@@ -55,6 +55,9 @@ def test_override_paths_are_relative_to_cwd(tmp_path, monkeypatch):
         ("runner.use_gpu=maybe", "expected true or false"),
         ("hyper_parameters.optimizer.class=Adamax", "unknown optimizer 'Adamax'"),
         ("epochs=3", "name the section too"),
+        ("runner.train_batch_size=0", "runner.train_batch_size must be at least 1, got 0"),
+        ("runner.epochs=-1", "runner.epochs must be at least 1, got -1"),
+        ("runner.inference_cpu_threads=-2", "must be 0 (all cores) or more, got -2"),
     ],
 )
 def test_bad_keys_and_values_are_one_line_errors(override, message):

@@ -83,6 +83,19 @@ class RunnerConfig:
     # math-library threads on the CPU; 0 = number of cores. 1 by default: the batch-preparing
     # thread needs a core too, and on 2 cores 2 math threads made dygraph steps 2.7x slower
     cpu_threads: int = 1
+    # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = all
+    # usable cores: prediction has no training step to share the cores with (1.5x with 2 here)
+    inference_cpu_threads: int = 0
+
+    def validate(self, where: str):
+        for key in ("epochs", "train_batch_size", "infer_batch_size", "print_interval"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{where}.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("cpu_threads", "inference_cpu_threads"):
+            if getattr(self, key) < 0:
+                raise UserError(
+                    f"{where}.{key} must be 0 (all cores) or more, got {getattr(self, key)}"
+                )
 
 
 @dataclass

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import paddle
 
+from utils.data import usable_cores
 from utils.distributed import World, all_reduce_gradients
 from utils.errors import UserError
 
@@ -318,7 +319,8 @@ class InferenceEngine:
         else:
             cfg.disable_gpu()
             cfg.enable_mkldnn()
-            cfg.set_cpu_math_library_num_threads(self.config.runner.cpu_threads or os.cpu_count())
+            threads = self.config.runner.inference_cpu_threads or usable_cores()
+            cfg.set_cpu_math_library_num_threads(threads)
         self.predictor = paddle.inference.create_predictor(cfg)
         missing = set(self.output_names) - set(self.predictor.get_output_names())
         if missing:

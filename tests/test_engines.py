@@ -1,0 +1,41 @@
+"""Engine settings that need no training: how the Paddle Inference predictor is configured."""
+
+import os
+
+import paddle
+import pytest
+from conftest import esmm_config
+from utils import engines
+from utils.data import usable_cores
+
+
+class RecordingConfig:
+    def __init__(self, *files):
+        self.files, self.calls = files, {}
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.setdefault(name, args)
+
+
+@pytest.mark.parametrize("setting, expected", [("0", usable_cores()), ("3", 3)])
+def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, setting, expected):
+    (tmp_path / f"{engines.INFERENCE_PREFIX}.json").write_text("{}")
+    made = []
+
+    class Predictor:
+        def get_output_names(self):
+            return ["pctr", "pcvr", "pctcvr"]
+
+    def create(cfg):
+        made.append(cfg)
+        return Predictor()
+
+    monkeypatch.setattr(paddle.inference, "Config", RecordingConfig)
+    monkeypatch.setattr(paddle.inference, "create_predictor", create)
+    cfg = esmm_config(f"runner.inference_cpu_threads={setting}", "runner.cpu_threads=1")
+    engine = engines.InferenceEngine(["pctr", "pcvr", "pctcvr"], cfg)
+    engine.load(str(tmp_path))
+    (pcfg,) = made
+    assert pcfg.files[0] == os.path.join(str(tmp_path), f"{engines.INFERENCE_PREFIX}.json")
+    assert pcfg.calls["set_cpu_math_library_num_threads"] == (expected,)
+    assert "enable_mkldnn" in pcfg.calls and "disable_gpu" in pcfg.calls
