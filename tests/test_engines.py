@@ -39,3 +39,15 @@ def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, s
     assert pcfg.files[0] == os.path.join(str(tmp_path), f"{engines.INFERENCE_PREFIX}.json")
     assert pcfg.calls["set_cpu_math_library_num_threads"] == (expected,)
     assert "enable_mkldnn" in pcfg.calls and "disable_gpu" in pcfg.calls
+
+
+def test_math_threads_zero_shares_the_cores_among_local_ranks(monkeypatch):
+    from utils.runtime import math_threads
+
+    monkeypatch.delenv("PADDLE_LOCAL_SIZE", raising=False)
+    assert math_threads(0) == usable_cores()
+    assert math_threads(3) == 3
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", str(usable_cores() * 4))
+    assert math_threads(0) == 1  # never zero
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "1")
+    assert math_threads(0) == usable_cores()

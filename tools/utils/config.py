@@ -80,11 +80,12 @@ class RunnerConfig:
     use_inference: bool = False  # static_infer: evaluate the exported Paddle Inference model
     cache_dir: str = path_field()  # parsed-data cache; "" = ~/.cache/paddle-rec-zoo
     use_cache: bool = True
-    # math-library threads on the CPU; 0 = number of cores. 1 by default: the batch-preparing
-    # thread needs a core too, and on 2 cores 2 math threads made dygraph steps 2.7x slower
-    cpu_threads: int = 1
-    # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = all
-    # usable cores: prediction has no training step to share the cores with (1.5x with 2 here)
+    # math-library threads on the CPU; 0 = all usable cores (shared among the Fleet ranks of this
+    # machine). On an idle 2-core machine two threads trained 1.3-1.5x faster than one; on cores
+    # other jobs keep busy, one thread is far faster (doc/benchmarks.md)
+    cpu_threads: int = 0
+    # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = as
+    # cpu_threads' 0 (1.5x with 2 threads than with 1 here)
     inference_cpu_threads: int = 0
 
     def validate(self, where: str):

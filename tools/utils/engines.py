@@ -16,9 +16,9 @@ import os
 import numpy as np
 import paddle
 
-from utils.data import usable_cores
 from utils.distributed import World, all_reduce_gradients
 from utils.errors import UserError
+from utils.runtime import math_threads
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
@@ -319,7 +319,7 @@ class InferenceEngine:
         else:
             cfg.disable_gpu()
             cfg.enable_mkldnn()
-            threads = self.config.runner.inference_cpu_threads or usable_cores()
+            threads = math_threads(self.config.runner.inference_cpu_threads)
             cfg.set_cpu_math_library_num_threads(threads)
         self.predictor = paddle.inference.create_predictor(cfg)
         missing = set(self.output_names) - set(self.predictor.get_output_names())

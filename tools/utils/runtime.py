@@ -8,7 +8,18 @@ import random
 import numpy as np
 import paddle
 
+from utils.data import usable_cores
 from utils.progress import log
+
+
+def math_threads(requested: int) -> int:
+    """Math-library threads for `runner.cpu_threads` (or `inference_cpu_threads`): N as asked;
+    0 = this process's share of the usable cores (all of them, divided among the ranks that
+    `paddle.distributed.launch` started on this machine)."""
+    if requested:
+        return requested
+    local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
+    return max(1, usable_cores() // max(local_ranks, 1))
 
 
 def setup(config, static: bool = False):
@@ -25,8 +36,12 @@ def setup(config, static: bool = False):
     else:
         paddle.set_device("cpu")
         place = paddle.CPUPlace()
-        threads = r.cpu_threads or os.cpu_count() or 1
-        paddle.base.core.set_num_threads(threads)
+        paddle.base.core.set_num_threads(math_threads(r.cpu_threads))
+        if static:
+            # Run the static program's kernels on this thread, whose math-thread setting they
+            # then follow; on the executor's own worker threads they ignored it (2 threads:
+            # 33k -> 41k samples/s compute-only here, doc/benchmarks.md).
+            paddle.set_flags({"FLAGS_new_executor_serial_run": True})
     random.seed(r.seed)
     np.random.seed(r.seed)
     paddle.seed(r.seed)
