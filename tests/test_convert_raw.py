@@ -309,7 +309,9 @@ def test_vectorised_checks_agree_with_explain_line():
     assert len(block.cfi) == 3
 
 
-def test_bad_line_in_a_later_block_and_worker(tmp_path, capsys, monkeypatch):
+def raw_with_a_late_bad_line(tmp_path, monkeypatch) -> Path:
+    """Small blocks and tasks, so that line 451 of the train skeleton (made bad) is met by a
+    worker in a later block while the other worker is still busy."""
     monkeypatch.setattr(cr, "BLOCK_BYTES", 2000)
     monkeypatch.setattr(cr, "TASK_BYTES", 20_000)
     raw = random_raw(tmp_path / "raw", n_rows=600)
@@ -317,6 +319,11 @@ def test_bad_line_in_a_later_block_and_worker(tmp_path, capsys, monkeypatch):
     lines = p.read_text().splitlines(keepends=True)
     lines[450] = lines[450].replace(",", ",,", 1)
     p.write_text("".join(lines))
+    return raw
+
+
+def test_bad_line_in_a_later_block_and_worker(tmp_path, capsys, monkeypatch):
+    raw = raw_with_a_late_bad_line(tmp_path, monkeypatch)
     rc = cr.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", "2", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
@@ -327,13 +334,7 @@ def test_a_failed_run_reaps_its_workers_and_restores_sigterm(tmp_path, capsys, m
     """After a bad line the parent stops draining the queues; workers blocked on a full pipe
     (even on their way out) must still be reaped, many times over (this once hung CI), and
     main() must leave the caller's SIGTERM handler as it found it."""
-    monkeypatch.setattr(cr, "BLOCK_BYTES", 2000)
-    monkeypatch.setattr(cr, "TASK_BYTES", 20_000)
-    raw = random_raw(tmp_path / "raw", n_rows=600)
-    p = raw / "sample_skeleton_train.csv"
-    lines = p.read_text().splitlines(keepends=True)
-    lines[450] = lines[450].replace(",", ",,", 1)
-    p.write_text("".join(lines))
+    raw = raw_with_a_late_bad_line(tmp_path, monkeypatch)
 
     def handler(*_):
         raise AssertionError("not ours")

@@ -81,9 +81,9 @@ class RunnerConfig:
     cache_dir: str = path_field()  # parsed-data cache; "" = ~/.cache/paddle-rec-zoo
     use_cache: bool = True
     # math-library threads on the CPU; 0 = all usable cores (shared among the Fleet ranks of this
-    # machine). On an idle 2-core machine two threads trained 1.3-1.5x faster than one; on cores
-    # other jobs keep busy, one thread is far faster (doc/benchmarks.md)
-    cpu_threads: int = 0
+    # machine). 1 by default: on the 2-core AMD machine two threads made dygraph training 2.7x
+    # slower, on the 2-core Intel one 1.4x faster; measure yours (doc/benchmarks.md)
+    cpu_threads: int = 1
     # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = as
     # cpu_threads' 0 (1.5x with 2 threads than with 1 here)
     inference_cpu_threads: int = 0
