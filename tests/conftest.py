@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,18 +29,38 @@ def esmm_config(*overrides: str, path: str = ESMM_CONFIG):
     return load_config(path, list(overrides), hyper)
 
 
+def run_group(cmd, *, timeout: float, check: bool = False, **kwargs):
+    """`subprocess.run(cmd, capture_output=True, text=True, ...)` in a process group of its own,
+    which is killed whole when the command ends, times out or the test is interrupted: a
+    launcher's workers or a tool's forked children never outlive their test."""
+    kwargs.setdefault("stdout", subprocess.PIPE)
+    kwargs.setdefault("stderr", subprocess.PIPE)
+    kwargs.setdefault("text", True)
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.communicate()
+        raise
+    finally:
+        _kill_group(proc.pid)  # anything the command left running
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result
+
+
+def _kill_group(pgid: int):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def run_tool(tool: str, *args: str, cwd: str = ROOT, timeout: int = 300):
     """Run tools/<tool>.py as a user would; returns the CompletedProcess (text)."""
     script = os.path.join(ROOT, "tools", f"{tool}.py")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, script, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_group([sys.executable, script, *args], cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

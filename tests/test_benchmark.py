@@ -1,11 +1,10 @@
 """tools/benchmark.py runs end to end at a tiny size and writes its table (no timing checks)."""
 
 import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_group
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import benchmark  # noqa: E402
@@ -29,7 +28,7 @@ def test_benchmark_runs_every_measurement_and_writes_its_table(tmp_path):
     cmd += ["--runs", "1", "--steps", "12", "--workdir", str(tmp_path / "w")]
     cmd += ["--table", str(table)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_group(cmd, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = table.read_text()
     for _, what, _ in benchmark.MEASUREMENTS:

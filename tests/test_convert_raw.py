@@ -12,12 +12,12 @@ import json
 import multiprocessing
 import random
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "ali-ccp" / "convert_raw.py"
@@ -423,10 +423,8 @@ def test_missing_input_file(tmp_path, capsys):
 
 def test_cli_subprocess_error_has_no_traceback(tmp_path):
     raw = _with_bad_line(tmp_path / "raw", BAD_LINES[0][0], at=2)
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, str(SCRIPT), "--raw", str(raw), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert proc.returncode == 2
@@ -437,10 +435,8 @@ def test_cli_subprocess_error_has_no_traceback(tmp_path):
 
 def test_cli_progress_is_plain_lines_when_not_a_terminal(tmp_path):
     raw = random_raw(tmp_path / "raw", n_rows=300)
-    proc = subprocess.run(
+    proc = run_group(
         [sys.executable, str(SCRIPT), "--raw", str(raw), "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
@@ -485,7 +481,7 @@ def test_agrees_with_synthetic_slot_output(tmp_path):
     """Same seed, two formats: converting the raw files gives the generator's slot rows up to
     a per-field renumbering of the feasigns (train: every id is seen)."""
     for fmt in ("slot", "raw"):
-        subprocess.run(
+        run_group(
             [sys.executable, str(SYNTHETIC), "--n", "400", "--out", str(tmp_path / fmt)]
             + ["--seed", "5", "--format", fmt, "--quiet"],
             check=True,

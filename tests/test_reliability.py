@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from conftest import ESMM_CONFIG, ESMM_DIR, ROOT, run_tool
+from conftest import ESMM_CONFIG, ESMM_DIR, ROOT, run_group, run_tool
 from utils.cli import main as cli_main
 
 SAMPLE_TRAIN = os.path.join(ESMM_DIR, "data", "train", "part-00000.txt")
@@ -329,7 +329,7 @@ def launch(tmp_path, tool, *overrides):
         "runner.use_fleet=True",
         *overrides,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_group(cmd, timeout=300, cwd=ROOT)
     logs = {r: (tmp_path / f"log-{tool}" / f"workerlog.{r}").read_text() for r in (0, 1)}
     return proc, logs
 

@@ -11,13 +11,13 @@ import http.server
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "datasets" / "ali-ccp" / "run.sh"
@@ -32,9 +32,7 @@ def run_sh(*args, data_dir: Path, base_url=CLOSED_PORT_URL, timeout=60):
         os.environ, ALICCP_DIR=str(data_dir), ALICCP_BASE_URL=base_url, PYTHON=sys.executable
     )
     env["ALICCP_CONNECT_TIMEOUT"] = "3"
-    return subprocess.run(
-        ["sh", str(RUN_SH), *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return run_group(["sh", str(RUN_SH), *args], timeout=timeout, env=env)
 
 
 def tiny_raw(d: Path) -> Path:
