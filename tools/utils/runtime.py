@@ -40,7 +40,7 @@ def setup(config, static: bool = False):
         if static:
             # Run the static program's kernels on this thread, whose math-thread setting they
             # then follow; on the executor's own worker threads they ignored it (2 threads:
-            # 33k -> 41k samples/s compute-only here, doc/benchmarks.md).
+            # 31k -> 41k samples/s compute-only here, 1 thread unchanged; doc/benchmarks.md).
             paddle.set_flags({"FLAGS_new_executor_serial_run": True})
     random.seed(r.seed)
     np.random.seed(r.seed)
