@@ -19,15 +19,18 @@ What happens, in order (every step streams; nothing grows with the skeleton):
    side file of int64 keys ``field_index << 56 | feature_id`` (one run per common row) plus a
    sorted array of 64-bit hashes of the ``common_feature_index`` strings.
 2. Train skeleton, pass 1: count every kept (field, id) key and how many kept rows reference each
-   common row; ``click=0,buy=1`` rows are dropped and counted.
+   common row; ``click=0,buy=1`` rows are dropped and counted. The parsed rows (heads, keys,
+   common row ids) are kept in a binary side file per byte range, so pass 2 does not parse the
+   text again.
 3. The common keys are counted with those reference counts as weights, so a key's count is the
    number of train impressions it occurs in, whichever file it comes from. Keys with count >=
    ``min_count`` form the vocabulary, sorted by (field order, id): feasign = rank + 1, so every
    field gets one contiguous range and 0 stays padding (and means "unseen").
 4. Each common row is rendered once into its slot text (``,109_14:17,...\\n``) in a blob file on
    disk; skeleton rows fetch their user's text with ``os.pread`` (page cache, not process memory).
-5. Train skeleton, pass 2, and the test skeleton are encoded with that one vocabulary (test ids
-   unseen in train are not written) and written per byte range, ``part-NNNNN.txt`` in file order.
+5. Train skeleton, pass 2 (from the side files, each deleted when done), and the test skeleton
+   are encoded with that one vocabulary (test ids unseen in train are not written) and written
+   per byte range, ``part-NNNNN.txt`` in file order.
 
 Everything is written into ``OUT_DIR/.convert-tmp-*`` and renamed into place at the end, so an
 interrupted or failed run never leaves half-written ``train_data/``/``test_data/``.
@@ -675,10 +678,13 @@ class _Blobs:
 def _skeleton_task(task, progress):
     """Pass over a byte range of a skeleton file.
 
-    mode "count": return key counts and per-common-row reference counts.
-    mode "encode": write the slot lines to `out`.
+    mode "count": return key counts and per-common-row reference counts; with `cache`, also
+    keep the parsed rows there (binary), so that encoding them needs no second parse.
+    mode "encode": write the slot lines to `out`, from `cache` if given, else from the text.
     """
-    path, start, end, out, mode = task
+    path, start, end, out, mode, cache = task
+    if mode == "encode" and cache is not None:
+        return _encode_cached(cache, out, progress)
     idx_hash, idx_cid = _S["common_index"]
     res = {"lines": 0, "rows": 0, "noise": 0, "n_bad": 0, "missing": 0, "first_bad": None}
     res.update(tokens=0, unseen=0)
@@ -692,6 +698,7 @@ def _skeleton_task(task, progress):
             stack.callback(os.close, wh)
         if blobs is not None:
             stack.callback(blobs.close)
+        ch = stack.enter_context(open(cache, "wb")) if cache is not None else None
         for off, buf in read_blocks(path, start, end):
             b = parse_block(buf, 5, _S["field_hashes"], _S["field_index"])
             res["lines"] += b.n_lines
@@ -727,40 +734,96 @@ def _skeleton_task(task, progress):
             keep = found & ~noise
             res["rows"] += int(keep.sum())
             fkeep = keep[b.feat_row]
+            rows = _kept_rows(buf, b, keep, fkeep, cid)
             if mode == "count":
-                keys = b.key[fkeep]
+                _, _, _, kept_cid, keys, _ = rows
                 parts.append(_sum_counts(keys, np.ones(len(keys), np.int64)))
-                ref += np.bincount(cid[keep], minlength=len(ref))
+                ref += np.bincount(kept_cid, minlength=len(ref))
+                if ch is not None:
+                    _save_rows(ch, len(buf), *rows)
             else:
-                _write_rows(wh, buf, b, keep, fkeep, cid, blobs, res)
+                _write_rows(wh, *rows, blobs, res)
             progress(len(buf))
+    if cache is not None:
+        with open(f"{cache}.json", "w") as f:
+            json.dump(res, f, default=int)
     if mode == "count":
         res["counts"] = _merge(parts)
         res["refcount"] = ref
     return res
 
 
-def _write_rows(wh, buf, b, keep, fkeep, cid, blobs, res):
+def _kept_rows(buf, b, keep, fkeep, cid):
+    """The rows of a block that are written: (head bytes, head starts, head lengths, common
+    row ids, feature keys, row of each key)."""
     rows = np.flatnonzero(keep)
+    hstart = b.line_start[rows]
     new_row = np.cumsum(keep) - 1
-    keys = b.key[fkeep]
+    frow = new_row[b.feat_row[fkeep]]
+    return (
+        np.frombuffer(buf, np.uint8),
+        hstart,
+        b.head_end[rows] - hstart,
+        cid[rows],
+        b.key[fkeep],
+        frow,
+    )
+
+
+# A parsed block in the cache between the two passes over the train skeleton: its raw length,
+# then its written rows' heads (`sample_id,click,buy`, concatenated), their lengths, common row
+# ids, feature keys and the row of each key, as .npy arrays one after the other.
+def _save_rows(fh, raw_len, src, hstart, hlen, cid, keys, frow):
+    out_start = np.cumsum(hlen) - hlen
+    heads = src[np.arange(int(hlen.sum())) + np.repeat(hstart - out_start, hlen)]
+    for a in (np.array([raw_len]), heads, hlen.astype(np.int32), cid, keys, frow.astype(np.int32)):
+        np.save(fh, a, allow_pickle=False)
+
+
+def _encode_cached(cache, out, progress):
+    with open(f"{cache}.json") as f:
+        res = json.load(f)
+    if res["first_bad"] is not None:
+        res["first_bad"] = tuple(res["first_bad"])
+    blobs = _Blobs(_S["blobs"])
+    size = os.path.getsize(cache)
+    wh = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with open(cache, "rb") as fh:
+            while fh.tell() < size:
+                raw_len, heads, hlen, cid, keys, frow = (
+                    np.load(fh, allow_pickle=False) for _ in range(6)
+                )
+                hlen = hlen.astype(np.int64)
+                head = (heads, np.cumsum(hlen) - hlen, hlen)
+                _write_rows(wh, *head, cid, keys, frow.astype(np.int64), blobs, res)
+                progress(int(raw_len[0]))
+    finally:
+        os.close(wh)
+        blobs.close()
+    os.remove(cache)  # free its disk space before the test split is converted
+    return res
+
+
+def _write_rows(wh, src, hstart, hlen, cid, keys, frow, blobs, res):
     fs = _lookup(keys)
     seen = fs > 0
     res["tokens"] += len(fs)
     res["unseen"] += int((~seen).sum())
-    frow = new_row[b.feat_row[fkeep]][seen]
-    src = np.frombuffer(buf, np.uint8)
-    hstart = b.line_start[rows]
-    head = (src, hstart, b.head_end[rows] - hstart)
     text, row_len = render_rows(
-        len(rows), frow, keys[seen] >> KEY_SHIFT, fs[seen], _S["prefix"], head=head
+        len(cid),
+        frow[seen],
+        keys[seen] >> KEY_SHIFT,
+        fs[seen],
+        _S["prefix"],
+        head=(src, hstart, hlen),
     )
     ends = np.cumsum(row_len).tolist()
     mv = memoryview(text)
     pieces, last, blob, a = [], -1, b"", 0
     # Each row is its own text, then its user's rendered common features; written ~1,000
     # pieces (a few MB) at a time.
-    for e, c in zip(ends, cid[rows].tolist(), strict=True):
+    for e, c in zip(ends, cid.tolist(), strict=True):
         if c != last:
             blob, last = blobs.get(c), c
         pieces.append(mv[a:e])
@@ -1056,7 +1119,10 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
 
     # 2. Train skeleton, pass 1: counts.
     spath = inputs[SKELETON.format("train")]
-    stasks = [(spath, a, z, None, "count") for a, z in ranges(spath)]
+    stasks = [
+        (spath, a, z, None, "count", work / f"skeleton-train-{i:05d}.npy")
+        for i, (a, z) in enumerate(ranges(spath))
+    ]
     refcount = np.zeros(n_common, np.int64)
     counts = _Counts()
 
@@ -1106,7 +1172,7 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
     _S["split"] = "test"
     common_tokens["test"] = tres
     spath = inputs[SKELETON.format("test")]
-    stasks = [(spath, a, z, None, "encode") for a, z in ranges(spath)]
+    stasks = [(spath, a, z, None, "encode", None) for a, z in ranges(spath)]
     _encode_split("test", spath, tmp, stasks, run, meta)
     for split in SPLITS:  # per common-features row (each is written once per impression)
         meta["splits"][split]["common_tokens"] = sum(r["tokens"] for r in common_tokens[split])
@@ -1162,7 +1228,9 @@ def _blob_index(files, lens):
 def _encode_split(split, path, tmp, stasks, run, meta):
     out = tmp / f"{split}_data"
     out.mkdir()
-    tasks = [(t[0], t[1], t[2], out / f"part-{i:05d}.txt", "encode") for i, t in enumerate(stasks)]
+    tasks = [
+        (t[0], t[1], t[2], out / f"part-{i:05d}.txt", "encode", t[5]) for i, t in enumerate(stasks)
+    ]
     res = run(_skeleton_task, tasks, f"{split} skeleton (encode)", path.stat().st_size)
     lines = sum(r["lines"] for r in res)
     info = {
