@@ -459,6 +459,16 @@ def test_hash_twins_agree():
     assert len(set(got.tolist())) == len(tokens)
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_decimal_digits_match_python(big):
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 10**12 if big else 10**6, 2000)
+    values[:3] = [0, 9, 10]
+    width = len(str(int(values.max())))
+    digits = cr._decimal_digits(values, width)
+    assert [bytes(r).decode() for r in digits] == [str(int(v)).zfill(width) for v in values]
+
+
 def test_parse_uint_edges():
     tokens = [b"0", b"7", b"12345678", b"123456789", b"9999999999999999", b"", b"1a", b"-1"]
     buf = b",".join(tokens) + b"\n"

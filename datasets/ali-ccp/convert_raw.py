@@ -366,6 +366,20 @@ def _prefix_table(fields):
     return mat, lens, np.arange(width) < lens[:, None]
 
 
+def _decimal_digits(values, width: int) -> np.ndarray:
+    """[N, width] ASCII digits of non-negative `values`, right-aligned, zero-padded. One division
+    by the scalar 10 per column (numpy divides by a scalar much faster than by an array), in
+    32 bits when the values fit (10x faster than dividing by an array of powers of ten)."""
+    x = values.astype(np.uint32 if int(values.max()) < 2**32 else np.uint64)
+    ten = x.dtype.type(10)
+    out = np.empty((len(values), width), np.uint8)
+    for c in range(width - 1, -1, -1):
+        q = x // ten
+        out[:, c] = x - q * ten + 48
+        x = q
+    return out
+
+
 def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=False):
     """Text of `n_rows` rows: [head bytes] + `,field:feasign` per token + ['\\n'].
 
@@ -393,8 +407,7 @@ def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=
         mat[dest, :pw] = pmat[tok_field]
         mask[dest, :pw] = pmask[tok_field]
         cols = np.arange(dmax)
-        digits = (tok_val[:, None] // _POW10[dmax - 1 - cols]) % 10 + 48
-        mat[dest, pw : pw + dmax] = digits
+        mat[dest, pw : pw + dmax] = _decimal_digits(tok_val, dmax)
         mask[dest, pw : pw + dmax] = cols >= (dmax - ndig)[:, None]
         row_len += np.bincount(tok_row, weights=plen[tok_field] + ndig, minlength=n_rows).astype(
             np.int64
