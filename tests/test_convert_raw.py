@@ -7,7 +7,6 @@ line at a time) is the oracle for the vectorised, multi-process converter.
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import multiprocessing
 import random
@@ -15,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+import convert_raw as cr
 import numpy as np
 import pytest
 from conftest import run_group
@@ -22,15 +22,6 @@ from conftest import run_group
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "ali-ccp" / "convert_raw.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("aliccp_convert_raw", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cr = _load()
 
 USER_FIELDS = ["101", "121", "122", "124", "125", "126", "127", "128", "129"]
 HISTORY_FIELDS = ["109_14", "110_14", "127_14", "150_14"]

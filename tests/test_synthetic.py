@@ -2,7 +2,6 @@
 
 import csv
 import filecmp
-import importlib.util
 import json
 import shlex
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synthetic as syn
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,14 +19,6 @@ SCRIPT = ROOT / "datasets" / "ali-ccp" / "synthetic.py"
 SAMPLE = ROOT / "models" / "multitask" / "esmm" / "data"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("aliccp_synthetic", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-syn = _load()
 SINGLE_VALUED = ("101", *syn.PROFILE_FIELDS, "205", "206", "207", "216", "301")
 
 

@@ -7,10 +7,11 @@ probabilities of every impression, so that a model's AUC can be compared with th
     python datasets/ali-ccp/synthetic.py --n 1000000 --out data/synthetic --seed 0
     python datasets/ali-ccp/synthetic.py --preset sample --n 4000 --out /tmp/s --seed 2018
 
-From Python (the folder name has a dash, so load the file by path)::
+From Python (the folder name has a dash and the script imports its neighbour ``convert_raw``,
+so put the folder on the path)::
 
-    spec = importlib.util.spec_from_file_location("synthetic", "datasets/ali-ccp/synthetic.py")
-    synthetic = importlib.util.module_from_spec(spec); spec.loader.exec_module(synthetic)
+    sys.path.insert(0, "datasets/ali-ccp")
+    import synthetic
     meta = synthetic.generate("/tmp/x", n_train=20000, seed=1)
 
 Generative process
@@ -107,14 +108,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from convert_raw import FIELDS  # the field order, defined once with the converter
 
-FIELDS = (
-    "101", "121", "122", "124", "125", "126", "127", "128", "129",
-    "109_14", "110_14", "127_14", "150_14",
-    "205", "206", "207", "210", "216",
-    "508", "509", "702", "853",
-    "301",
-)  # fmt: skip
 PROFILE_FIELDS = ("121", "122", "124", "125", "126", "127", "128", "129")
 # Value counts of the real Ali-CCP profile fields.
 PROFILE_CARDINALITY = {
