@@ -10,8 +10,10 @@ import collections
 import json
 import multiprocessing
 import random
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import convert_raw as cr
@@ -126,15 +128,22 @@ def read_out(out: Path, split: str) -> list[str]:
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Tiny blocks and tasks, so block edges and several parts per worker are exercised."""
+    """Tiny blocks, tasks and output chunks, so block edges, several parts per worker and
+    many (aligned, direct) writes per part are exercised."""
     monkeypatch.setattr(cr, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(cr, "TASK_BYTES", 50_000)
+    monkeypatch.setattr(cr, "_CHUNK_BYTES", 5000)
 
 
+needs_numba = pytest.mark.skipif(not cr.HAVE_NUMBA, reason="numba is not installed")
+KERNELS = [pytest.param(True, id="compiled", marks=needs_numba), pytest.param(False, id="numpy")]
+
+
+@pytest.mark.parametrize("jit", KERNELS)
 @pytest.mark.parametrize("workers", [1, 2])
-def test_round_trip_matches_reference(tmp_path, small_blocks, workers):
+def test_round_trip_matches_reference(tmp_path, small_blocks, workers, jit):
     raw = random_raw(tmp_path / "raw")
-    meta = cr.convert(raw, tmp_path / "out", workers=workers, progress=False)
+    meta = cr.convert(raw, tmp_path / "out", workers=workers, progress=False, jit=jit)
     want, vocab = reference(raw)
     for split in ("train", "test"):
         assert read_out(tmp_path / "out", split) == want[split]
@@ -151,15 +160,36 @@ def test_round_trip_matches_reference(tmp_path, small_blocks, workers):
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
-def test_same_result_for_any_chunking(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jit", KERNELS)
+def test_same_result_for_any_chunking(tmp_path, monkeypatch, jit):
     raw = random_raw(tmp_path / "raw", seed=3)
-    cr.convert(raw, tmp_path / "a", workers=1, progress=False)
+    cr.convert(raw, tmp_path / "a", workers=1, progress=False, jit=False, direct_io=False)
     monkeypatch.setattr(cr, "BLOCK_BYTES", 1000)
     monkeypatch.setattr(cr, "TASK_BYTES", 7000)
+    monkeypatch.setattr(cr, "_CHUNK_BYTES", 3000)
     monkeypatch.setattr(cr._Counts, "BUFFER", 50)  # merge the running counts many times
-    cr.convert(raw, tmp_path / "b", workers=2, progress=False)
+    cr.convert(raw, tmp_path / "b", workers=2, progress=False, jit=jit)
     for split in ("train", "test"):
         assert read_out(tmp_path / "a", split) == read_out(tmp_path / "b", split)
+
+
+@needs_numba
+def test_compiled_and_numpy_kernels_write_the_same_bytes(tmp_path, small_blocks):
+    """Same part files, byte for byte, and the same meta (but the time taken); the CLI
+    switches choose the kernels and the write mode."""
+    raw = random_raw(tmp_path / "raw", seed=7)
+    for name, extra in (("numpy", ["--no-jit", "--no-direct-io"]), ("compiled", [])):
+        argv = ["--raw", str(raw), "--out", str(tmp_path / name), "--workers", "2", "--quiet"]
+        assert cr.main(argv + extra) == 0
+    a, b = tmp_path / "numpy", tmp_path / "compiled"
+    for split in ("train_data", "test_data"):
+        names = sorted(p.name for p in (a / split).iterdir())
+        assert names == sorted(p.name for p in (b / split).iterdir()) and len(names) > 1
+        for n in names:
+            assert (a / split / n).read_bytes() == (b / split / n).read_bytes()
+    ma, mb = (json.loads((d / "meta.json").read_text()) for d in (a, b))
+    ma.pop("seconds"), mb.pop("seconds")
+    assert ma == mb
 
 
 def tiny_raw(d: Path) -> Path:
@@ -241,6 +271,8 @@ BAD_LINES = [
     ("5,1,x,aa,1,205\x027\x031.0\n", "buy must be 0 or 1"),
     ("x5,1,0,aa,1,205\x027\x031.0\n", "sample_id 'x5' is not a non-negative integer"),
     ("5,1,0,aa,1,205\x02abc\x031.0\n", "feature 1 (field 205): feature_id 'abc' is not an integer"),
+    ("5,1,0,aa,1,205\x02-7\x031.0\n", "feature 1 (field 205): feature_id '-7' is not an integer"),
+    ("5,1,0,aa,1,205\x027/\x031.0\n", "feature 1 (field 205): feature_id '7/' is not an integer"),
     (
         "5,1,0,aa,1,205\x0212345678901234567\x031.0\n",
         "feature 1 (field 205): feature_id '12345678901234567' is not an integer of 1 to 16 digits",
@@ -298,6 +330,127 @@ def test_vectorised_checks_agree_with_explain_line():
             assert (int(start) in flagged) == (problem != "malformed line"), (text, problem)
     assert block.n_lines == len(lines) - 1  # the blank line is not a row
     assert len(block.cfi) == 3
+
+
+def _mutations(line: str, rng: random.Random, n: int):
+    """n copies of line, each with one byte replaced, inserted or deleted (delimiters, digits,
+    signs and letters are favoured)."""
+    alphabet = ",\x01\x02\x03\n0123456789-/:a "
+    for _ in range(n):
+        i = rng.randrange(len(line) - 1)  # keep the final newline
+        c = rng.choice(alphabet)
+        op = rng.randrange(3)
+        if op == 0:
+            yield line[:i] + c + line[i + 1 :]
+        elif op == 1:
+            yield line[:i] + c + line[i:]
+        else:
+            yield line[:i] + line[i + 1 :]
+
+
+@needs_numba
+@pytest.mark.parametrize("n_head", [5, 2])
+def test_compiled_parser_takes_only_well_formed_blocks(n_head):
+    """The compiled parser must either give exactly parse_block's result or hand the block
+    back (None) for parse_block to check and explain: on good lines, on every BAD_LINES case
+    and on thousands of one-byte mutations of good lines."""
+    fh, fi = cr._field_lookup(cr.FIELDS)
+    rng = random.Random(n_head)
+    items = [item("205", 7), item("999", "x"), item("109_14", 1234567890123456), item("301", 0)]
+    if n_head == 5:
+        good = [skel_line(1, 0, 0, "aa", items), skel_line(22, 1, 1, "b" * 300, items[::-1]),
+                skel_line(3, 1, 0, "cc", [])]  # fmt: skip
+        bad = [b for b, _ in BAD_LINES[:-1]]  # the last is well formed (unknown user)
+    else:
+        good = [common_line("aa", items), common_line("x" * 20, items[:1]), common_line("c", [])]
+        bad = ["aa,1\n", ",1," + items[0] + "\n", "aa,x," + items[0] + "\n"]
+
+    def same(buf):
+        want = cr.parse_block(buf, n_head, fh, fi)
+        got = cr._parse_compiled(buf, n_head, fh, fi)
+        if got is None:
+            return len(want.bad_offsets) > 0 or want.n_lines < buf.count(b"\n")
+        fields = ["n_lines", "line_start", "cfi", "feat_row", "key", "bad_offsets"]
+        if n_head == 5:
+            fields += ["click", "buy", "head_end"]
+        assert len(want.bad_offsets) == 0
+        for f in fields:
+            assert np.array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(want, f))), f
+        return True
+
+    assert cr._parse_compiled("".join(good).encode(), n_head, fh, fi) is not None
+    assert same("".join(good).encode())
+    for b in bad:
+        block = (good[0] + b + good[1]).encode()
+        assert cr._parse_compiled(block, n_head, fh, fi) is None, b
+    taken = 0
+    for line in good:
+        for m in _mutations(line, rng, 1500):
+            buf = (good[2] + m).encode() if m.endswith("\n") else None
+            if buf is not None:
+                assert same(buf), m
+                taken += cr._parse_compiled(buf, n_head, fh, fi) is not None
+    assert taken > 100  # some mutations stay well formed (a digit for a digit, say)
+
+
+@needs_numba
+def test_key_table_counts_and_looks_up_like_a_dict():
+    rng = np.random.default_rng(0)
+    table = cr._KeyTable()
+    want = collections.Counter()
+    for _ in range(5):  # grows several times on the way
+        keys = (rng.integers(0, 3, 20_000) << 56) | rng.integers(0, 30_000, 20_000)
+        weights = rng.integers(1, 4, 20_000)
+        table.put(keys, weights)
+        for k, w in zip(keys.tolist(), weights.tolist(), strict=True):
+            want[k] += w
+    k, v = table.items()
+    assert dict(zip(k.tolist(), v.tolist(), strict=True)) == want
+    probe = np.concatenate([k[:100], np.array([(5 << 56) | 7, (2 << 56) | 10**9], np.int64)])
+    assert table.get(probe).tolist() == [want[x] for x in k[:100].tolist()] + [0, 0]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_output_writer_keeps_every_byte(tmp_path, monkeypatch, direct):
+    """Pieces of every size through space/commit and write, with O_DIRECT where the file
+    system takes it; the file is their concatenation. O_DIRECT refused at write time (EINVAL)
+    falls back to buffered writes."""
+    monkeypatch.setattr(cr, "_CHUNK_BYTES", 10_000)
+    rng = np.random.default_rng(1)
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8) for n in rng.integers(0, 9000, 60)]
+    pieces.insert(5, np.zeros(50_000, np.uint8))  # more than twice a chunk in one go
+    targets = [tmp_path / "a.txt"]
+    if Path("/dev/shm").is_dir():  # tmpfs refuses O_DIRECT at open
+        targets.append(Path(tempfile.mkdtemp(dir="/dev/shm")) / "a.txt")
+    for path in targets:
+        out = cr._Output(path, direct=direct)
+        for i, p in enumerate(pieces):
+            if i % 2:
+                out.write(p.tobytes())
+            else:
+                out.space(len(p))[: len(p)] = p
+                out.commit(len(p))
+        out.close()
+        assert path.read_bytes() == b"".join(p.tobytes() for p in pieces)
+        if path.parent != tmp_path:
+            shutil.rmtree(path.parent)
+    if not direct or not hasattr(cr.os, "O_DIRECT"):
+        return
+    real_write = cr.os.write
+
+    def refuse_direct(fd, data):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & cr.os.O_DIRECT:
+            raise OSError(cr.errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cr.os, "write", refuse_direct)
+    out = cr._Output(tmp_path / "b.txt", direct=True)
+    for p in pieces:
+        out.write(p.tobytes())
+    out.close()
+    assert (tmp_path / "b.txt").read_bytes() == b"".join(p.tobytes() for p in pieces)
 
 
 def raw_with_a_late_bad_line(tmp_path, monkeypatch) -> Path:
@@ -432,7 +585,7 @@ def test_cli_progress_is_plain_lines_when_not_a_terminal(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
-    assert "train skeleton (encode): done" in proc.stderr
+    assert "skeletons (encode): done" in proc.stderr
     assert "sparse_feature_number=" in proc.stderr
 
 

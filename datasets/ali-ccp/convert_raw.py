@@ -2,7 +2,7 @@
 """Convert the raw Ali-CCP files (Tianchi data set 408) into PaddleRec's slot format.
 
     python datasets/ali-ccp/convert_raw.py --raw RAW_DIR --out OUT_DIR [--min-count N]
-        [--workers N] [--skip-bad] [--force] [--fields 101,121,...]
+        [--workers N] [--skip-bad] [--force] [--fields 101,121,...] [--no-jit] [--no-direct-io]
 
 Input (``RAW_DIR``): ``sample_skeleton_{train,test}.csv`` with rows
 ``sample_id,click,buy,common_feature_index,feature_num,feature_list`` and
@@ -13,24 +13,31 @@ Output (``OUT_DIR``): ``train_data/part-NNNNN.txt`` and ``test_data/part-NNNNN.t
 kept skeleton row, ``sample_id,click,buy`` then ``,field:feasign`` tokens (the skeleton's features
 in their raw order, then the user's common features in their raw order), and ``meta.json``.
 
-What happens, in order (every step streams; nothing grows with the skeleton):
+What happens, in order (every step streams; nothing grows with the skeleton). Each step is a
+pool of worker processes over byte ranges (or runs of rows) of its files:
 
-1. ``common_features_train.csv`` is parsed once, in parallel byte ranges, into a compact binary
-   side file of int64 keys ``field_index << 56 | feature_id`` (one run per common row) plus a
-   sorted array of 64-bit hashes of the ``common_feature_index`` strings.
+1. Both ``common_features_*.csv`` are parsed once into compact binary side files of int64 keys
+   ``field_index << 56 | feature_id`` (one run per common row) plus, per split, a sorted array
+   of 64-bit hashes of the ``common_feature_index`` strings.
 2. Train skeleton, pass 1: count every kept (field, id) key and how many kept rows reference each
    common row; ``click=0,buy=1`` rows are dropped and counted. The parsed rows (heads, keys,
    common row ids) are kept in a binary side file per byte range, so pass 2 does not parse the
    text again.
-3. The common keys are counted with those reference counts as weights, so a key's count is the
-   number of train impressions it occurs in, whichever file it comes from. Keys with count >=
+3. The common train keys are counted with those reference counts as weights, so a key's count is
+   the number of train impressions it occurs in, whichever file it comes from. Keys with count >=
    ``min_count`` form the vocabulary, sorted by (field order, id): feasign = rank + 1, so every
    field gets one contiguous range and 0 stays padding (and means "unseen").
-4. Each common row is rendered once into its slot text (``,109_14:17,...\\n``) in a blob file on
-   disk; skeleton rows fetch their user's text with ``os.pread`` (page cache, not process memory).
-5. Train skeleton, pass 2 (from the side files, each deleted when done), and the test skeleton
-   are encoded with that one vocabulary (test ids unseen in train are not written) and written
-   per byte range, ``part-NNNNN.txt`` in file order.
+4. Each common row of both splits is rendered once into its slot text (``,109_14:17,...\\n``)
+   in a blob file on disk; skeleton rows read their users' texts with ``os.preadv``.
+5. Both skeletons are encoded with that one vocabulary (test ids unseen in train are not
+   written): train from pass 1's side files (each deleted when done), test from its text; one
+   ``part-NNNNN.txt`` per byte range, in file order. The slot text (~17x the raw input: every
+   impression repeats its user's common features) is written with O_DIRECT where the file system
+   takes it, from a background thread, so the page cache is neither paid for nor flooded.
+
+The hot loops (parse, hash-table counts and lookups, rendering) are compiled with numba when it is
+installed (``--no-jit``: numpy only, 2-3x slower, the same bytes out); a block with a line that is
+not well formed is always parsed by the numpy code, whose checks name the problem.
 
 Everything is written into ``OUT_DIR/.convert-tmp-*`` and renamed into place at the end, so an
 interrupted or failed run never leaves half-written ``train_data/``/``test_data/``.
@@ -39,13 +46,16 @@ Malformed lines stop the run with ``file:line: problem`` (exit status 2, no trac
 ``--skip-bad`` are counted and skipped. A skeleton row whose ``common_feature_index`` is not in the
 split's common-features file is treated the same way (it cannot be encoded faithfully).
 
-Self-contained (stdlib + numpy + tqdm): it is loaded by path, not imported as a package.
+Self-contained (stdlib + numpy + tqdm, numba optional): it is loaded by path, not imported as a
+package.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -60,6 +70,12 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+
+# Compiled kernels (parse, render, copy, hash tables) need numba; without it the numpy kernels do
+# everything. numba is imported only when a conversion starts (`_load_kernels`): it takes ~0.2 s,
+# and the scripts that import this one for FIELDS do not need it.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_LOADED = False
 
 # The 23 Ali-CCP fields, in the project's field order (user, user histories, item, crosses,
 # context). The order fixes the feasign ranges: field i's ids come before field i+1's.
@@ -218,7 +234,13 @@ class Block:
 
 
 def parse_block(buf: bytes, n_head: int, field_hashes, field_index) -> Block:
-    """Parse complete lines (buf ends with a newline) with numpy only, no loop over lines."""
+    """Parse complete lines (buf ends with a newline) with numpy only, no loop over lines.
+
+    With the compiled kernels on, a block of well-formed lines is parsed by `_jit_parse`."""
+    if _S.get("jit"):
+        b = _parse_compiled(buf, n_head, field_hashes, field_index)
+        if b is not None:
+            return b
     pb = _Padded(buf)
     arr = pb.arr
     body = arr[_PAD_BEFORE : _PAD_BEFORE + len(buf)]
@@ -429,6 +451,349 @@ def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=
 
 
 # ---------------------------------------------------------------------------------------------
+# Compiled kernels (numba), used when numba is installed (it is in requirements.txt) unless
+# `jit=False`. The numpy kernels above stay the reference: a block with any line that is not well
+# formed goes to `parse_block` for its checks and messages, and the tests compare both outputs.
+
+
+def _load_kernels():
+    """Import numba and define the compiled kernels, once per process (they are cached on
+    disk by numba, so only the first run on a machine compiles them: ~5 s)."""
+    global _LOADED, _memcpy, _jit_hash, _jit_uint, _jit_token_end, _jit_field, _jit_parse
+    global _jit_count_bytes, _jit_table_put, _jit_table_get, _jit_rows
+    if _LOADED:
+        return
+    import numba
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    _njit = numba.njit(cache=True, nogil=True)
+
+    @intrinsic
+    def _memcpy(typingctx, dst, dst_at, src, src_at, n):
+        """dst[dst_at:dst_at+n] = src[src_at:src_at+n] as one memcpy (a slice assignment in
+        numba copies byte by byte, 4x slower)."""
+        sig = types.void(dst, dst_at, src, src_at, n)
+
+        def codegen(context, builder, signature, args):
+            d, d_at, s, s_at, count = args
+            da = context.make_array(signature.args[0])(context, builder, d)
+            sa = context.make_array(signature.args[2])(context, builder, s)
+            dp, sp = builder.gep(da.data, [d_at]), builder.gep(sa.data, [s_at])
+            cgutils.raw_memcpy(builder, dp, sp, count, 1)
+
+        return sig, codegen
+
+    @_njit
+    def _jit_hash(a, s, e):
+        """`hash_bytes(a[s:e])`, as `_hash_tokens` computes it."""
+        n = e - s
+        h = np.uint64(n) * np.uint64(_HASH_MIX)
+        for i in range(min((n + 7) // 8, _HASH_WORDS)):
+            w = np.uint64(0)
+            for k in range(min(8, n - 8 * i)):
+                w |= np.uint64(a[s + 8 * i + k]) << np.uint64(8 * k)
+            h = (h ^ w) * np.uint64(_HASH_P)
+        return h
+
+    @_njit
+    def _jit_uint(a, s, e):
+        """Value of a[s:e], or -1 unless it is 1 to MAX_DIGITS ASCII digits."""
+        if e - s < 1 or e - s > MAX_DIGITS:
+            return -1
+        v = 0
+        for i in range(s, e):
+            d = np.int64(a[i]) - 48
+            if d < 0 or d > 9:
+                return -1
+            v = v * 10 + d
+        return v
+
+    @_njit
+    def _jit_token_end(a, pos):
+        """Position of the first delimiter (, \n \x01 \x02 \x03) at or after pos."""
+        while True:
+            c = a[pos]
+            if c == 44 or c == 10 or (c >= 1 and c <= 3):
+                return pos
+            pos += 1
+
+    @_njit
+    def _jit_field(fhash, findex, h):
+        """Index of the kept field with token hash h, or -1."""
+        lo, hi = 0, len(fhash)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fhash[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return findex[lo] if lo < len(fhash) and fhash[lo] == h else -1
+
+    @_njit
+    def _jit_parse(a, n_head, fhash, findex, line_start, head_end, click, buy, cfi, frow, key):
+        """`parse_block` for a block whose lines are all well formed. Returns (lines, kept
+        features), or (-1, -1) at the first line that is not (or is blank)."""
+        pos, row, nf = 0, 0, 0
+        while pos < len(a):
+            line_start[row] = pos
+            fnum = -1
+            for c in range(n_head):  # the head columns, each ended by a comma
+                s = pos
+                e = _jit_token_end(a, pos)
+                if a[e] != 44:
+                    return -1, -1
+                pos = e + 1
+                if c == n_head - 1:
+                    fnum = _jit_uint(a, s, e)
+                    if fnum < 0:
+                        return -1, -1
+                elif c == n_head - 2:
+                    if e == s:
+                        return -1, -1
+                    cfi[row] = _jit_hash(a, s, e)
+                elif c == 0:  # sample_id
+                    if _jit_uint(a, s, e) < 0:
+                        return -1, -1
+                else:  # click, buy
+                    if e - s != 1 or (a[s] != 48 and a[s] != 49):
+                        return -1, -1
+                    if c == 1:
+                        click[row] = a[s] - 48
+                    else:
+                        buy[row] = a[s] - 48
+                        head_end[row] = e
+            count = 0
+            if a[pos] == 10:  # empty feature list
+                pos += 1
+            else:  # field \x02 id \x03 value, joined by \x01, ended by \n
+                while True:
+                    s = pos
+                    e = _jit_token_end(a, s)
+                    if a[e] != 2 or e == s:
+                        return -1, -1
+                    i1 = _jit_token_end(a, e + 1)
+                    if a[i1] != 3:
+                        return -1, -1
+                    v1 = _jit_token_end(a, i1 + 1)
+                    if a[v1] != 1 and a[v1] != 10:
+                        return -1, -1
+                    count += 1
+                    f = _jit_field(fhash, findex, _jit_hash(a, s, e))
+                    if f >= 0:
+                        v = _jit_uint(a, e + 1, i1)
+                        if v < 0:
+                            return -1, -1
+                        frow[nf] = row
+                        key[nf] = (f << KEY_SHIFT) | v
+                        nf += 1
+                    pos = v1 + 1
+                    if a[v1] == 10:
+                        break
+            if count != fnum:
+                return -1, -1
+            row += 1
+        return row, nf
+
+    @_njit
+    def _jit_count_bytes(a, x, y):
+        """How many bytes of a are x, and how many are y."""
+        nx = ny = 0
+        for c in a:
+            nx += c == x
+            ny += c == y
+        return nx, ny
+
+    @_njit
+    def _jit_table_put(tk, tv, shift, keys, vals, add, start, limit):
+        """Put keys[start:] into the open-addressing table (keys tk, values tv; value 0 marks an
+        empty slot, so vals must not be 0): add=True sums vals into a key's value, else sets it.
+        Stops before the table holds more than `limit` keys. Returns (new keys, where it
+        stopped)."""
+        mask = len(tk) - 1
+        new = 0
+        for i in range(start, len(keys)):
+            k = keys[i]
+            j = np.int64((np.uint64(k) * np.uint64(_HASH_MIX)) >> np.uint64(shift))
+            while tv[j] != 0 and tk[j] != k:
+                j = (j + 1) & mask
+            if tv[j] == 0:
+                if new >= limit:
+                    return new, i
+                tk[j] = k
+                tv[j] = vals[i]
+                new += 1
+            elif add:
+                tv[j] += vals[i]
+            else:
+                tv[j] = vals[i]
+        return new, len(keys)
+
+    @_njit
+    def _jit_table_get(tk, tv, shift, keys, out):
+        """out[i] = value of keys[i] in the table, 0 if absent."""
+        mask = len(tk) - 1
+        for i in range(len(keys)):
+            k = keys[i]
+            j = np.int64((np.uint64(k) * np.uint64(_HASH_MIX)) >> np.uint64(shift))
+            while tv[j] != 0 and tk[j] != k:
+                j = (j + 1) & mask
+            out[i] = tv[j]
+
+    @_njit
+    def _jit_rows(out, heads, hoff, hlen, tok_ptr, tok_field, tok_val, pre, plen, blobs, boff,
+                  blen, row_blob, newline, row_len):  # fmt: skip
+        """Write rows into `out`: each is its head bytes, `,field:feasign` for its tokens
+        (tok_ptr[r]:tok_ptr[r+1]), its blob (row_blob[r] >= 0), ['\n']. Returns the bytes
+        written; row_len[r] gets each row's length."""
+        p = 0
+        for r in range(len(tok_ptr) - 1):
+            p0 = p
+            _memcpy(out, p, heads, hoff[r], hlen[r])
+            p += hlen[r]
+            for t in range(tok_ptr[r], tok_ptr[r + 1]):
+                f = tok_field[t]
+                for i in range(plen[f]):
+                    out[p + i] = pre[f, i]
+                p += plen[f]
+                v = tok_val[t]
+                n, x = 1, v // 10
+                while x:
+                    n += 1
+                    x //= 10
+                for i in range(n - 1, -1, -1):
+                    out[p + i] = 48 + v % 10
+                    v //= 10
+                p += n
+            b = row_blob[r]
+            if b >= 0:
+                _memcpy(out, p, blobs, boff[b], blen[b])
+                p += blen[b]
+            if newline:
+                out[p] = 10
+                p += 1
+            row_len[r] = p - p0
+        return p
+
+    _LOADED = True
+
+
+_I64 = np.zeros(0, np.int64)
+_U8 = np.zeros(0, np.uint8)
+
+
+def _parse_compiled(buf: bytes, n_head: int, field_hashes, field_index):
+    """`parse_block` of a block of well-formed lines, compiled; None if any line is not."""
+    if not buf.endswith(b"\n"):  # the kernel relies on it to stop
+        return None
+    _load_kernels()
+    a = np.frombuffer(buf, np.uint8)
+    n_lines, n_stx = _jit_count_bytes(a, 10, 2)
+    n_rows = n_lines if n_head == 5 else 0
+    line_start, cfi = np.empty(n_lines, np.int64), np.empty(n_lines, np.uint64)
+    head_end = np.empty(n_rows, np.int64)
+    click, buy = np.empty(n_rows, np.int8), np.empty(n_rows, np.int8)
+    frow, key = np.empty(n_stx, np.int64), np.empty(n_stx, np.int64)
+    fh, fi = field_hashes.astype(np.uint64), field_index.astype(np.int64)
+    rows, nf = _jit_parse(a, n_head, fh, fi, line_start, head_end, click, buy, cfi, frow, key)
+    if rows < 0:
+        return None
+    b = Block()
+    b.n_lines, b.line_start, b.cfi = rows, line_start, cfi
+    if n_head == 5:
+        b.click, b.buy, b.head_end = click, buy, head_end
+    b.feat_row, b.key = frow[:nf], key[:nf]
+    b.bad_offsets = _I64
+    return b
+
+
+class _KeyTable:
+    """int64 key -> nonzero int64 value, in a compiled open-addressing hash table that grows
+    to stay at most half full: counting keys (`add`) and the vocabulary lookup (`get`), in
+    place of sorting."""
+
+    def __init__(self, n=0):
+        _load_kernels()
+        self._alloc(max(1024, 1 << int(2 * max(n, 1) - 1).bit_length()))
+
+    def _alloc(self, cap):
+        self.k, self.v = np.zeros(cap, np.int64), np.zeros(cap, np.int64)
+        self.shift, self.used = 64 - (cap.bit_length() - 1), 0
+
+    def put(self, keys, vals, add=True):
+        keys = np.ascontiguousarray(keys, np.int64)
+        vals = np.ascontiguousarray(vals, np.int64)
+        i = 0
+        while i < len(keys):
+            room = len(self.k) // 2 - self.used
+            new, i = _jit_table_put(self.k, self.v, self.shift, keys, vals, add, i, room)
+            self.used += new
+            if i < len(keys):  # full: twice the size, then go on where it stopped
+                old_k, old_v = self.items()
+                self._alloc(2 * len(self.k))
+                self.used, _ = _jit_table_put(
+                    self.k, self.v, self.shift, old_k, old_v, False, 0, len(old_k)
+                )
+
+    def get(self, keys):
+        out = np.empty(len(keys), np.int64)
+        _jit_table_get(self.k, self.v, self.shift, np.ascontiguousarray(keys, np.int64), out)
+        return out
+
+    def items(self):
+        full = self.v != 0
+        return self.k[full], self.v[full]
+
+
+def _rows_compiled(out, head, tok_ptr, tok_field, tok_val, prefix, blobs=None, newline=False):
+    """Write rows into the uint8 array `out` (large enough for every row: head, tokens of at
+    most prefix width + MAX_DIGITS bytes, blob, newline) with `_jit_rows`. head: (src uint8, start [R], length [R]) or None; blobs: (uint8 array, offset
+    [B], length [B], blob of each row [R]) or None. Returns (bytes written, row lengths)."""
+    _load_kernels()
+    n = len(tok_ptr) - 1
+    pmat, plen, _ = prefix
+    src, hoff, hlen = (
+        head if head is not None else (_U8, np.zeros(n, np.int64), np.zeros(n, np.int64))
+    )
+    btext, boff, blen, row_blob = (
+        blobs if blobs is not None else (_U8, _I64, _I64, np.full(n, -1, np.int64))
+    )
+    row_len = np.empty(n, np.int64)
+    src, btext = _readonly(src), _readonly(btext)  # one compiled signature for every caller
+    p = _jit_rows(out, src, hoff, hlen, tok_ptr, tok_field, tok_val, pmat, plen, btext, boff,
+                  blen, row_blob, newline, row_len)  # fmt: skip
+    return p, row_len
+
+
+def _readonly(a):
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def _warm_compiled(fields):
+    """Compile (or load from numba's cache) every kernel once, in this process, with the
+    argument types of the real calls, so that forked workers inherit them ready to run."""
+    fh, fi = _field_lookup(fields)
+    lines = [b"1,1,0,c,1,%s\x02" % fields[0].encode() + b"7\x031.0\n", b"c,0,\n"]
+    for n_head, buf in zip((5, 2), lines, strict=True):
+        _parse_compiled(buf, n_head, fh, fi)
+    prefix = _prefix_table(fields)
+    one = np.ones(1, np.int64)
+    out = np.empty(64, np.uint8)
+    ptr = np.array([0, 1], np.int64)
+    zero = np.zeros(1, np.int64)
+    head = (np.frombuffer(b"1,1,0", np.uint8), zero, np.full(1, 5, np.int64))
+    blob = (np.frombuffer(b",9:1", np.uint8), zero, np.full(1, 4, np.int64), zero)
+    _rows_compiled(out, head, ptr, zero, one, prefix, blob)
+    _rows_compiled(out, None, ptr, zero, one, prefix, newline=True)
+    table = _KeyTable()
+    table.put(one, one)
+    table.get(one)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading byte ranges
 
 
@@ -546,6 +911,24 @@ class _Counts:
         return _merge(self.parts)
 
 
+class _Tally:
+    """Summed weights per key within a task: a hash table with the compiled kernels, else
+    sorted partial sums. result() -> (keys, sums), in no particular order."""
+
+    def __init__(self):
+        self.table = _KeyTable() if _S.get("jit") else None
+        self.parts = []
+
+    def add(self, keys, weights):
+        if self.table is not None:
+            self.table.put(keys, weights)
+        else:
+            self.parts.append(_sum_counts(keys, weights))
+
+    def result(self):
+        return self.table.items() if self.table is not None else _merge(self.parts)
+
+
 def _merge(parts):
     if not parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -553,14 +936,10 @@ def _merge(parts):
 
 
 def _common_task(task, progress):
-    """Parse a byte range of a common-features file.
-
-    mode "keys" (train): write the kept keys to `out` (int64), return per-row key counts.
-    mode "render" (test): write each row's slot text to `out`, return per-row byte lengths.
-    """
-    path, start, end, out, mode = task
+    """Parse a byte range of a common-features file: write the kept keys of its rows to `out`
+    (int64); return the rows' index hashes and key counts."""
+    path, start, end, out = task
     hashes, sizes, n_bad, first_bad, n_lines = [], [], 0, None, 0
-    n_tok = n_unseen = 0
     with open(out, "wb") as fh:
         for off, buf in read_blocks(path, start, end):
             b = parse_block(buf, 2, _S["field_hashes"], _S["field_index"])
@@ -572,24 +951,8 @@ def _common_task(task, progress):
             if nb and first_bad is None:
                 first_bad = (o, msg)
             hashes.append(b.cfi)
-            if mode == "keys":
-                b.key.tofile(fh)
-                sizes.append(np.bincount(b.feat_row, minlength=len(b.cfi)))
-            else:
-                fs = _lookup(b.key)
-                seen = fs > 0
-                n_tok += len(fs)
-                n_unseen += int((~seen).sum())
-                text, row_len = render_rows(
-                    len(b.cfi),
-                    b.feat_row[seen],
-                    (b.key[seen] >> KEY_SHIFT),
-                    fs[seen],
-                    _S["prefix"],
-                    newline=True,
-                )
-                fh.write(text)
-                sizes.append(row_len)
+            b.key.tofile(fh)
+            sizes.append(np.bincount(b.feat_row, minlength=len(b.cfi)))
             progress(len(buf))
     return {
         "hashes": np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
@@ -597,8 +960,6 @@ def _common_task(task, progress):
         "n_bad": n_bad,
         "first_bad": first_bad,
         "lines": n_lines,
-        "tokens": n_tok,
-        "unseen": n_unseen,
     }
 
 
@@ -615,6 +976,8 @@ def _search(table, needles):
 
 def _lookup(keys):
     """Feasign of each key (0 = not in the vocabulary)."""
+    if "vocab_table" in _S:
+        return _S["vocab_table"].get(keys)
     vocab = _S["vocab"]
     if len(vocab) == 0:
         return np.zeros(len(keys), np.int64)
@@ -626,13 +989,13 @@ def _weighted_task(task, progress):
     """Count the keys of a run of common rows, each weighted by its train reference count."""
     path, row0, sizes = task
     ref = _S["refcount"]
-    parts = []
+    tally = _Tally()
     for r, r2, keys in _key_runs(path, sizes, max(1, (32 << 20) // 8)):
         w = np.repeat(ref[row0 + r : row0 + r2], sizes[r:r2])
         sel = w > 0
-        parts.append(_sum_counts(keys[sel], w[sel]))
+        tally.add(keys[sel], w[sel])
         progress(len(keys) * 8)
-    return _merge(parts)
+    return tally.result()
 
 
 def _key_runs(path, sizes, step):
@@ -648,8 +1011,20 @@ def _key_runs(path, sizes, step):
             r = r2
 
 
+def _render_lines(n_rows, tok_row, tok_field, tok_val):
+    """Text of n_rows lines of `,field:feasign` tokens (a user's common features) and their
+    lengths."""
+    if not _S.get("jit"):
+        return render_rows(n_rows, tok_row, tok_field, tok_val, _S["prefix"], newline=True)
+    tok_ptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(np.bincount(tok_row, minlength=n_rows), out=tok_ptr[1:])
+    out = np.empty(len(tok_row) * (_S["prefix"][0].shape[1] + MAX_DIGITS) + n_rows, np.uint8)
+    p, row_len = _rows_compiled(out, None, tok_ptr, tok_field, tok_val, _S["prefix"], newline=True)
+    return out[:p], row_len
+
+
 def _render_common_task(task, progress):
-    """Render the slot text of a run of common train rows from their keys."""
+    """Render the slot text of a run of common rows (either split) from their keys."""
     path, sizes, out = task
     lens, n_tok, n_unseen = [], 0, 0
     with open(out, "wb") as wh:
@@ -659,9 +1034,7 @@ def _render_common_task(task, progress):
             seen = fs > 0
             n_tok += len(fs)
             n_unseen += int((~seen).sum())
-            text, row_len = render_rows(
-                r2 - r, rows[seen], keys[seen] >> KEY_SHIFT, fs[seen], _S["prefix"], newline=True
-            )
+            text, row_len = _render_lines(r2 - r, rows[seen], keys[seen] >> KEY_SHIFT, fs[seen])
             wh.write(text)
             lens.append(row_len)
             progress(len(keys) * 8)
@@ -678,10 +1051,28 @@ class _Blobs:
 
     def get(self, cid):
         p = int(self.part[cid])
+        return os.pread(self._fd(p), int(self.len[cid]), int(self.off[cid]))
+
+    def _fd(self, p):
         fd = self.fds.get(p)
         if fd is None:
             fd = self.fds[p] = os.open(self.files[p], os.O_RDONLY)
-        return os.pread(fd, int(self.len[cid]), int(self.off[cid]))
+        return fd
+
+    def read(self, users):
+        """The texts of the sorted distinct common rows `users` in one array: (array, offset and
+        length of each in it). Runs of consecutive rows of one file are read at once."""
+        lens = self.len[users]
+        off = np.cumsum(lens) - lens
+        buf = np.empty(int(lens.sum()), np.uint8)
+        part, src = self.part[users], self.off[users]
+        cut = np.flatnonzero((part[1:] != part[:-1]) | (src[1:] != src[:-1] + lens[:-1])) + 1
+        mv = memoryview(buf)
+        for a, z in zip([0, *cut.tolist()], [*cut.tolist(), len(users)], strict=True):
+            begin, end = int(off[a]), int(off[z - 1] + lens[z - 1])
+            if os.preadv(self._fd(int(part[a])), [mv[begin:end]], int(src[a])) != end - begin:
+                raise OSError(f"short read from {self.files[int(part[a])]}")
+        return buf, off, lens
 
     def close(self):
         for fd in self.fds.values():
@@ -695,20 +1086,20 @@ def _skeleton_task(task, progress):
     keep the parsed rows there (binary), so that encoding them needs no second parse.
     mode "encode": write the slot lines to `out`, from `cache` if given, else from the text.
     """
-    path, start, end, out, mode, cache = task
+    path, start, end, out, mode, cache, split = task
     if mode == "encode" and cache is not None:
-        return _encode_cached(cache, out, progress)
-    idx_hash, idx_cid = _S["common_index"]
+        return _encode_cached(cache, out, progress, split)
+    idx_hash, idx_cid = _S["common_index"][split]
     res = {"lines": 0, "rows": 0, "noise": 0, "n_bad": 0, "missing": 0, "first_bad": None}
     res.update(tokens=0, unseen=0)
-    parts = []
+    tally = _Tally()
     ref = np.zeros(len(idx_hash), np.int64) if mode == "count" else None
-    blobs = _Blobs(_S["blobs"]) if mode == "encode" else None
+    blobs = _Blobs(_S["blobs"][split]) if mode == "encode" else None
     with contextlib.ExitStack() as stack:
         wh = None
         if mode == "encode":
-            wh = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            stack.callback(os.close, wh)
+            wh = _Output(out, _S.get("direct", False))
+            stack.callback(wh.close)
         if blobs is not None:
             stack.callback(blobs.close)
         ch = stack.enter_context(open(cache, "wb")) if cache is not None else None
@@ -735,7 +1126,7 @@ def _skeleton_task(task, progress):
                 o = int(b.line_start[i])
                 line = buf[o : buf.index(b"\n", o)]
                 cfi_text = line.split(b",")[3].decode("utf-8", "replace")
-                common = COMMON.format(_S["split"])
+                common = COMMON.format(split)
                 msg = f"common_feature_index {cfi_text!r} is not in {common}"
                 if not _S["skip_bad"]:
                     raise _TaskError(path, off + o, msg)
@@ -750,7 +1141,7 @@ def _skeleton_task(task, progress):
             rows = _kept_rows(buf, b, keep, fkeep, cid)
             if mode == "count":
                 _, _, _, kept_cid, keys, _ = rows
-                parts.append(_sum_counts(keys, np.ones(len(keys), np.int64)))
+                tally.add(keys, np.ones(len(keys), np.int64))
                 ref += np.bincount(kept_cid, minlength=len(ref))
                 if ch is not None:
                     _save_rows(ch, len(buf), *rows)
@@ -761,7 +1152,7 @@ def _skeleton_task(task, progress):
         with open(f"{cache}.json", "w") as f:
             json.dump(res, f, default=int)
     if mode == "count":
-        res["counts"] = _merge(parts)
+        res["counts"] = tally.result()
         res["refcount"] = ref
     return res
 
@@ -793,14 +1184,14 @@ def _save_rows(fh, raw_len, src, hstart, hlen, cid, keys, frow):
         np.save(fh, a, allow_pickle=False)
 
 
-def _encode_cached(cache, out, progress):
+def _encode_cached(cache, out, progress, split):
     with open(f"{cache}.json") as f:
         res = json.load(f)
     if res["first_bad"] is not None:
         res["first_bad"] = tuple(res["first_bad"])
-    blobs = _Blobs(_S["blobs"])
+    blobs = _Blobs(_S["blobs"][split])
     size = os.path.getsize(cache)
-    wh = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    wh = _Output(out, _S.get("direct", False))
     try:
         with open(cache, "rb") as fh:
             while fh.tell() < size:
@@ -812,30 +1203,53 @@ def _encode_cached(cache, out, progress):
                 _write_rows(wh, *head, cid, keys, frow.astype(np.int64), blobs, res)
                 progress(int(raw_len[0]))
     finally:
-        os.close(wh)
+        wh.close()
         blobs.close()
     os.remove(cache)  # free its disk space before the test split is converted
     return res
 
 
-def _write_rows(wh, src, hstart, hlen, cid, keys, frow, blobs, res):
+def _write_rows(out, src, hstart, hlen, cid, keys, frow, blobs, res):
+    """Write the slot lines of a batch of rows to `out` (an `_Output`): each row's head, its own
+    tokens, then its user's rendered common features."""
     fs = _lookup(keys)
     seen = fs > 0
     res["tokens"] += len(fs)
     res["unseen"] += int((~seen).sum())
-    text, row_len = render_rows(
-        len(cid),
-        frow[seen],
-        keys[seen] >> KEY_SHIFT,
-        fs[seen],
-        _S["prefix"],
-        head=(src, hstart, hlen),
-    )
+    frow, field, fs = frow[seen], keys[seen] >> KEY_SHIFT, fs[seen]
+    if not _S.get("jit"):
+        return _write_rows_numpy(out, src, hstart, hlen, cid, frow, field, fs, blobs)
+    n = len(cid)
+    tok_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(frow, minlength=n), out=tok_ptr[1:])
+    # Upper bound of each row's bytes; rows go out in runs of about _CHUNK_BYTES.
+    pw = _S["prefix"][0].shape[1]
+    bound = hlen + np.diff(tok_ptr) * (pw + MAX_DIGITS) + blobs.len[cid]
+    ends = np.cumsum(bound)
+    r = 0
+    while r < n:
+        base = int(ends[r - 1]) if r else 0
+        r2 = min(max(int(np.searchsorted(ends, base + _CHUNK_BYTES, side="right")), r + 1), n)
+        users, row_blob = np.unique(cid[r:r2], return_inverse=True)
+        t0, t1 = tok_ptr[r], tok_ptr[r2]
+        p, _ = _rows_compiled(
+            out.space(int(ends[r2 - 1]) - base),
+            (src, hstart[r:r2], hlen[r:r2]),
+            tok_ptr[r : r2 + 1] - t0,
+            field[t0:t1],
+            fs[t0:t1],
+            _S["prefix"],
+            (*blobs.read(users), row_blob.astype(np.int64)),
+        )
+        out.commit(p)
+        r = r2
+
+
+def _write_rows_numpy(out, src, hstart, hlen, cid, frow, field, fs, blobs):
+    text, row_len = render_rows(len(cid), frow, field, fs, _S["prefix"], head=(src, hstart, hlen))
     ends = np.cumsum(row_len).tolist()
     mv = memoryview(text)
     pieces, last, blob, a = [], -1, b"", 0
-    # Each row is its own text, then its user's rendered common features; written ~1,000
-    # pieces (a few MB) at a time.
     for e, c in zip(ends, cid.tolist(), strict=True):
         if c != last:
             blob, last = blobs.get(c), c
@@ -843,16 +1257,117 @@ def _write_rows(wh, src, hstart, hlen, cid, keys, frow, blobs, res):
         pieces.append(blob)
         a = e
         if len(pieces) >= _PIECES_PER_WRITE:
-            _write_all(wh, pieces)
+            out.write(b"".join(pieces))
             pieces = []
-    _write_all(wh, pieces)
+    out.write(b"".join(pieces))
 
 
-def _write_all(fd, pieces):
-    # One large write of the joined pieces: the kernel copies ~1,000 small iovecs (a row's own
-    # text, then its user's ~5 KB of common features) slower than one buffer (writing 3 GB:
-    # 6.4 s with writev, 5.5 s joined, one process; doc/benchmarks.md).
-    data = memoryview(b"".join(pieces))
+_CHUNK_BYTES = 8 << 20  # output bytes rendered, and written, at a time
+_ALIGN = 4096  # O_DIRECT: buffer address, file offset and size multiples
+
+
+class _Output:
+    """A part file written sequentially, from buffers of its own.
+
+    With `direct` (O_DIRECT, where the file system takes it) the text goes from those buffers
+    to the disk without a copy into the page cache, which costs more CPU than rendering it
+    (doc/benchmarks.md), and without flooding the cache with hundreds of GB; whole aligned
+    buffers are written by a background thread while the next one is filled. Otherwise (or
+    where O_DIRECT is refused) plain buffered writes."""
+
+    def __init__(self, path, direct=False):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.direct = False
+        if direct and hasattr(os, "O_DIRECT"):
+            with contextlib.suppress(OSError):
+                self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                self.direct = True
+        if not self.direct:
+            self.fd = os.open(path, flags, 0o644)
+        self.bufs = [_aligned(2 * _CHUNK_BYTES), _aligned(2 * _CHUNK_BYTES)]
+        self.cur, self.fill, self.pending = 0, 0, None
+        self.pool = None
+        if self.direct:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="convert-write")
+
+    def space(self, n):
+        """A writable view of at least n bytes at the end of the data; `commit` what was used."""
+        buf = self.bufs[self.cur]
+        if len(buf) < self.fill + n:
+            bigger = _aligned(2 * (self.fill + n))
+            bigger[: self.fill] = buf[: self.fill]
+            self.bufs[self.cur] = buf = bigger
+        return buf[self.fill :]
+
+    def commit(self, n):
+        self.fill += n
+        if self.fill >= _CHUNK_BYTES:
+            self._flush()
+
+    def write(self, data):
+        data = np.frombuffer(data, np.uint8)
+        self.space(len(data))[: len(data)] = data
+        self.commit(len(data))
+
+    def _flush(self):
+        buf, fill = self.bufs[self.cur], self.fill
+        k = fill - fill % _ALIGN if self.direct else fill
+        if self.pool is None:
+            _write_fd(self.fd, buf[:k])
+        else:
+            self._wait()
+            self.pending = self.pool.submit(self._write_direct, buf[:k])
+            self.cur ^= 1
+        self.bufs[self.cur][: fill - k] = buf[k:fill]
+        self.fill = fill - k
+
+    def _write_direct(self, data):
+        data = memoryview(data)
+        while data:
+            try:
+                data = data[os.write(self.fd, data) :]
+            except OSError as e:  # O_DIRECT refused after all: buffered writes from here on
+                if e.errno != errno.EINVAL or not self._clear_direct():
+                    raise
+
+    def _clear_direct(self):
+        """Turn O_DIRECT off for the file; False if it was off already."""
+        import fcntl
+
+        fl = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fl & ~os.O_DIRECT)
+        return bool(fl & os.O_DIRECT)
+
+    def _wait(self):
+        if self.pending is not None:
+            p, self.pending = self.pending, None
+            p.result()
+
+    def close(self):
+        """Write the rest and close; the thread and the file are released even on errors."""
+        try:
+            self._wait()
+            if self.direct:  # the tail is not a whole number of aligned blocks
+                self._clear_direct()
+            _write_fd(self.fd, self.bufs[self.cur][: self.fill])
+            self.fill = 0
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            os.close(self.fd)
+
+
+def _aligned(n):
+    """An uninitialised uint8 array of n bytes starting at an _ALIGN boundary."""
+    raw = np.empty(n + _ALIGN, np.uint8)
+    skip = -raw.ctypes.data % _ALIGN
+    return raw[skip : skip + n]
+
+
+def _write_fd(fd, data):
+    data = memoryview(data)
     while data:
         data = data[os.write(fd, data) :]
 
@@ -883,11 +1398,12 @@ def _worker(fn, tasks, inq, outq):
             return
 
 
-def run_tasks(fn, tasks, workers, bar, on_result=None):
+def run_tasks(fn, tasks, workers, bar, on_result=None, meanwhile=None):
     """Run fn(task, progress) for every task; results in task order.
 
     With `on_result(value)`, results are handed over as they arrive (in any order) and not kept,
-    so folding them (sums, merged counts) needs no memory per task.
+    so folding them (sums, merged counts) needs no memory per task. `meanwhile()` is run in this
+    process once the workers are started (before the tasks when there are no workers).
     """
     results = [None] * len(tasks)
 
@@ -898,6 +1414,8 @@ def run_tasks(fn, tasks, workers, bar, on_result=None):
             on_result(val)
 
     if workers <= 1 or len(tasks) <= 1:
+        if meanwhile is not None:
+            meanwhile()
         for i, t in enumerate(tasks):
             try:
                 done(i, fn(t, bar.update))
@@ -916,6 +1434,8 @@ def run_tasks(fn, tasks, workers, bar, on_result=None):
         procs.append(p)
     left = len(tasks)
     try:
+        if meanwhile is not None:
+            meanwhile()
         while left:
             try:
                 kind, i, val = outq.get(timeout=1.0)
@@ -1029,10 +1549,13 @@ def convert(
     force=False,
     fields=None,
     progress=True,
+    jit=None,
+    direct_io=True,
 ):
     """Convert the four raw Ali-CCP files in `raw_dir` into slot files in `out_dir`.
 
-    Returns the meta dict also written to `out_dir/meta.json`. Raises ConvertError for problems
+    jit: use the compiled kernels (None: if numba is installed); direct_io: write the slot files with
+    O_DIRECT where the file system takes it. Neither changes a byte of the output. Returns the meta dict also written to `out_dir/meta.json`. Raises ConvertError for problems
     in the input or an existing output.
     """
     t0 = time.time()
@@ -1066,6 +1589,9 @@ def convert(
     _S.clear()
     _S.update(fields=set(fields), field_hashes=fh, field_index=fi, skip_bad=skip_bad)
     _S.update(prefix=_prefix_table(fields))
+    if jit and not HAVE_NUMBA:
+        raise ConvertError("the compiled kernels need numba (pip install numba), or use --no-jit")
+    _S.update(jit=HAVE_NUMBA if jit is None else bool(jit), direct=bool(direct_io))
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     meta = {
         "converter": "datasets/ali-ccp/convert_raw.py",
@@ -1113,30 +1639,46 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
     def ranges(path):
         return split_ranges(path, n_tasks_for(path.stat().st_size, workers))
 
-    def run(fn, tasks, desc, total, on_result=None):
+    def run(fn, tasks, desc, total, on_result=None, meanwhile=None):
         b = bar(desc, total)
         try:
-            return run_tasks(fn, tasks, workers, b, on_result)
+            return run_tasks(fn, tasks, workers, b, on_result, meanwhile)
         finally:
             b.close()
 
-    # 1. Common train features -> key side files + index.
-    cpath = inputs[COMMON.format("train")]
-    ctasks = [
-        (cpath, a, z, work / f"common-train-{i:05d}.keys", "keys")
-        for i, (a, z) in enumerate(ranges(cpath))
-    ]
-    cres = run(_common_task, ctasks, "common train (parse)", cpath.stat().st_size)
-    index, n_common = _build_index(cres, cpath, skip_bad, meta)
-    _S.update(common_index=index, split="train")
+    # 1. Common features of both splits -> key side files + indexes.
+    ctasks, split_of = [], []
+    for split in SPLITS:
+        cpath = inputs[COMMON.format(split)]
+        for i, (a, z) in enumerate(ranges(cpath)):
+            ctasks.append((cpath, a, z, work / f"common-{split}-{i:05d}.keys"))
+            split_of.append(split)
+    csize = sum(inputs[COMMON.format(split)].stat().st_size for split in SPLITS)
+    # The compiled kernels are loaded here once (numba's start-up takes ~0.25 s), while this
+    # first pool of workers, forked before, parses with the numpy kernels; later pools
+    # inherit them ready to run.
+    jit, _S["jit"] = _S["jit"], False
+
+    def load_kernels():
+        if jit:
+            _warm_compiled(fields)
+            _S["jit"] = True
+
+    cres = run(_common_task, ctasks, "common features (parse)", csize, meanwhile=load_kernels)
+    n_common = {}
+    _S["common_index"] = {}
+    for split in SPLITS:
+        res = [r for r, sp in zip(cres, split_of, strict=True) if sp == split]
+        idx, n_common[split] = _build_index(res, inputs[COMMON.format(split)], skip_bad, meta)
+        _S["common_index"][split] = idx
 
     # 2. Train skeleton, pass 1: counts.
     spath = inputs[SKELETON.format("train")]
     stasks = [
-        (spath, a, z, None, "count", work / f"skeleton-train-{i:05d}.npy")
+        (spath, a, z, None, "count", work / f"skeleton-train-{i:05d}.npy", "train")
         for i, (a, z) in enumerate(ranges(spath))
     ]
-    refcount = np.zeros(n_common, np.int64)
+    refcount = np.zeros(n_common["train"], np.int64)
     counts = _Counts()
 
     def fold(r):
@@ -1145,53 +1687,64 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
 
     run(_skeleton_task, stasks, "train skeleton (count)", spath.stat().st_size, fold)
 
-    # 3. Weighted counts of the common keys, then the vocabulary.
+    # 3. Weighted counts of the common train keys, then the vocabulary.
     _S["refcount"] = refcount
     wtasks, row0 = [], 0
-    for t, r in zip(ctasks, cres, strict=True):
-        wtasks.append((t[3], row0, r["sizes"]))
-        row0 += len(r["sizes"])
-    key_bytes = sum(int(r["sizes"].sum()) * 8 for r in cres)
-    run(_weighted_task, wtasks, "train common (count)", key_bytes, lambda r: counts.add(*r))
+    for t, r, sp in zip(ctasks, cres, split_of, strict=True):
+        if sp == "train":
+            wtasks.append((t[3], row0, r["sizes"]))
+            row0 += len(r["sizes"])
+    key_bytes = {sp: 0 for sp in SPLITS}
+    for r, sp in zip(cres, split_of, strict=True):
+        key_bytes[sp] += int(r["sizes"].sum()) * 8
+    run(
+        _weighted_task, wtasks, "train common (count)", key_bytes["train"], lambda r: counts.add(*r)
+    )
     keys, cnt = counts.result()
     vocab = keys[cnt >= min_count]
     del keys, cnt
     counts.parts.clear()
     _S["vocab"] = vocab
+    if _S["jit"]:  # built once here, shared with the forked workers
+        _S["vocab_table"] = table = _KeyTable(len(vocab))
+        table.put(vocab, np.arange(1, len(vocab) + 1), add=False)
     meta.update(_vocab_meta(vocab, fields))
     log(f"vocabulary: {len(vocab)} feasigns (min_count={min_count})")
 
-    # 4. Render the common train rows.
+    # 4. Render the common rows of both splits with that vocabulary.
     rtasks = [
-        (t[3], r["sizes"], work / f"common-train-{i:05d}.txt")
-        for i, (t, r) in enumerate(zip(ctasks, cres, strict=True))
+        (t[3], r["sizes"], work / f"common-{sp}-{i:05d}.txt")
+        for i, (t, r, sp) in enumerate(zip(ctasks, cres, split_of, strict=True))
     ]
-    rres = run(_render_common_task, rtasks, "train common (render)", key_bytes)
-    _S["blobs"] = _blob_index([t[2] for t in rtasks], [r["sizes"] for r in rres])
-    common_tokens = {"train": rres}
-
-    # 5. Train skeleton, pass 2: encode.
-    _encode_split("train", spath, tmp, stasks, run, meta)
-
-    # 6. Test: common features rendered directly, then the skeleton.
-    cpath = inputs[COMMON.format("test")]
-    ttasks = [
-        (cpath, a, z, work / f"common-test-{i:05d}.txt", "render")
-        for i, (a, z) in enumerate(ranges(cpath))
-    ]
-    tres = run(_common_task, ttasks, "test common (parse)", cpath.stat().st_size)
-    _S["common_index"], _ = _build_index(tres, cpath, skip_bad, meta)
-    _S["blobs"] = _blob_index([t[3] for t in ttasks], [r["sizes"] for r in tres])
-    _S["split"] = "test"
-    common_tokens["test"] = tres
-    spath = inputs[SKELETON.format("test")]
-    stasks = [(spath, a, z, None, "encode", None) for a, z in ranges(spath)]
-    _encode_split("test", spath, tmp, stasks, run, meta)
-    for split in SPLITS:  # per common-features row (each is written once per impression)
-        meta["splits"][split]["common_tokens"] = sum(r["tokens"] for r in common_tokens[split])
-        meta["splits"][split]["common_tokens_not_in_vocab"] = sum(
-            r["unseen"] for r in common_tokens[split]
+    rres = run(_render_common_task, rtasks, "common features (render)", sum(key_bytes.values()))
+    _S["blobs"] = {}
+    for split in SPLITS:
+        mine = [i for i, sp in enumerate(split_of) if sp == split]
+        _S["blobs"][split] = _blob_index(
+            [rtasks[i][2] for i in mine], [rres[i]["sizes"] for i in mine]
         )
+        meta["splits"][split] = {
+            "common_tokens": sum(rres[i]["tokens"] for i in mine),
+            "common_tokens_not_in_vocab": sum(rres[i]["unseen"] for i in mine),
+        }
+
+    # 5. Both skeletons: train from pass 1's side files (each deleted when done), test parsed.
+    etasks, sizes = [], {}
+    for split in SPLITS:
+        path = inputs[SKELETON.format(split)]
+        (tmp / f"{split}_data").mkdir()
+        if split == "train":
+            parts = [(t[0], t[1], t[2], t[5]) for t in stasks]
+        else:
+            parts = [(path, a, z, None) for a, z in ranges(path)]
+        for i, (pth, a, z, cache) in enumerate(parts):
+            out = tmp / f"{split}_data" / f"part-{i:05d}.txt"
+            etasks.append((pth, a, z, out, "encode", cache, split))
+        sizes[split] = path.stat().st_size
+    eres = run(_skeleton_task, etasks, "skeletons (encode)", sum(sizes.values()))
+    for split in SPLITS:
+        mine = [(t, r) for t, r in zip(etasks, eres, strict=True) if t[6] == split]
+        _split_meta(split, inputs[SKELETON.format(split)], mine, meta)
     for split in SPLITS:
         s = meta["splits"][split]
         log(
@@ -1238,16 +1791,11 @@ def _blob_index(files, lens):
     return [str(f) for f in files], part, off, np.concatenate(lens)
 
 
-def _encode_split(split, path, tmp, stasks, run, meta):
-    out = tmp / f"{split}_data"
-    out.mkdir()
-    tasks = [
-        (t[0], t[1], t[2], out / f"part-{i:05d}.txt", "encode", t[5]) for i, t in enumerate(stasks)
-    ]
-    res = run(_skeleton_task, tasks, f"{split} skeleton (encode)", path.stat().st_size)
-    lines = sum(r["lines"] for r in res)
+def _split_meta(split, path, done, meta):
+    """Sum the encoding results `done` ((task, result) pairs) of one split into meta."""
+    res = [r for _, r in done]
     info = {
-        "input_rows": lines,
+        "input_rows": sum(r["lines"] for r in res),
         "rows": sum(r["rows"] for r in res),
         "dropped_noise": sum(r["noise"] for r in res),
         "skipped_bad": sum(r["n_bad"] for r in res),
@@ -1255,9 +1803,9 @@ def _encode_split(split, path, tmp, stasks, run, meta):
         "common_rows": meta["common_rows"][split],
         "skeleton_tokens": sum(r["tokens"] for r in res),
         "skeleton_tokens_not_in_vocab": sum(r["unseen"] for r in res),
-        "files": [f"{split}_data/{t[3].name}" for t in tasks],
+        "files": [f"{split}_data/{t[3].name}" for t, _ in done],
     }
-    meta["splits"][split] = info
+    meta["splits"][split].update(info)
     meta["bad_lines"][path.name] = info["skipped_bad"]
     firsts = [r["first_bad"] for r in res if r["first_bad"]]
     if firsts:
@@ -1306,6 +1854,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fields", default=None,
                         help="comma-separated fields to keep, in feasign order "
                         "(default: the 23 Ali-CCP fields)")  # fmt: skip
+    parser.add_argument("--no-jit", action="store_true",
+                        help="numpy kernels only, even if numba is installed (slower, same output)")  # fmt: skip
+    parser.add_argument("--no-direct-io", action="store_true",
+                        help="write through the page cache instead of with O_DIRECT")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary output is removed; only while we
@@ -1329,6 +1881,8 @@ def _main(args) -> int:
             force=args.force,
             fields=fields,
             progress=not args.quiet,
+            jit=False if args.no_jit else None,
+            direct_io=not args.no_direct_io,
         )
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
