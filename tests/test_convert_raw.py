@@ -173,6 +173,18 @@ def test_same_result_for_any_chunking(tmp_path, monkeypatch, jit):
         assert read_out(tmp_path / "a", split) == read_out(tmp_path / "b", split)
 
 
+def test_without_numba_the_numpy_kernels_do_it_all(tmp_path, monkeypatch):
+    """Where numba is not installed the default is the numpy code; asking for the compiled
+    kernels is a one-line error."""
+    monkeypatch.setattr(cr, "HAVE_NUMBA", False)
+    raw = tiny_raw(tmp_path / "raw")
+    cr.convert(raw, tmp_path / "out", workers=1, progress=False)
+    assert read_out(tmp_path / "out", "test") == ["10,1,0,205:7,101:2,124:4", "12,0,0,101:2,124:4"]
+    with pytest.raises(cr.ConvertError, match="need numba"):
+        cr.convert(raw, tmp_path / "out2", workers=1, progress=False, jit=True)
+    assert not (tmp_path / "out2").exists()
+
+
 @needs_numba
 def test_compiled_and_numpy_kernels_write_the_same_bytes(tmp_path, small_blocks):
     """Same part files, byte for byte, and the same meta (but the time taken); the CLI

@@ -1568,6 +1568,8 @@ def convert(
             raise ConvertError(f"--fields: bad field name {f!r}")
     if min_count < 1:
         raise ConvertError(f"--min-count must be at least 1, got {min_count}")
+    if jit and not HAVE_NUMBA:
+        raise ConvertError("the compiled kernels need numba (pip install numba), or use --no-jit")
     workers = max(1, int(workers))
     inputs = {}
     for split in SPLITS:
@@ -1589,8 +1591,6 @@ def convert(
     _S.clear()
     _S.update(fields=set(fields), field_hashes=fh, field_index=fi, skip_bad=skip_bad)
     _S.update(prefix=_prefix_table(fields))
-    if jit and not HAVE_NUMBA:
-        raise ConvertError("the compiled kernels need numba (pip install numba), or use --no-jit")
     _S.update(jit=HAVE_NUMBA if jit is None else bool(jit), direct=bool(direct_io))
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     meta = {
@@ -1900,4 +1900,9 @@ def _main(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written, closed and reaped by now; skip the interpreter's teardown, which
+    # with numba's compiled kernels loaded takes ~0.12 s (LLVM's), a tenth of a small run.
+    os._exit(code)
