@@ -10,10 +10,12 @@ control): ``--users`` common-feature rows with 9 profile ids and ~420 history id
 42.3M / 730,599), ~15 item/context/cross ids each, 2% click=0,buy=1 noise. The common files stay
 fixed while the skeletons grow 1x, 2x, 4x; the test split is a quarter of the train split.
 
-Each scale is converted ``--runs`` times in a fresh subprocess (``convert_raw.py --workers N``);
-wall time and the peak RSS of the largest process (``getrusage(RUSAGE_CHILDREN).ru_maxrss``,
-which covers the workers too) are measured. Reports the median rows/s, MB/s of raw input, output
-MB/s and peak RSS, and a linear projection to the full train + test conversion.
+Each scale is converted ``--runs`` times in a fresh subprocess (``convert_raw.py --workers N``),
+interleaved with as many runs of the baseline (``--no-jit --no-direct-io``: the numpy kernels,
+writes through the page cache), after one untimed run (it fills numba's cache on a fresh
+checkout); wall time and the peak RSS of the largest process (``os.wait4``, which covers the
+workers too) are measured. Reports the median rows/s, MB/s of raw input, output MB/s, peak RSS,
+the baseline's median and the speed-up, and a linear projection to the full conversion.
 """
 
 from __future__ import annotations
@@ -118,7 +120,10 @@ def write_fixture(out: Path, users: int, train_rows: int, seed: int = 0) -> dict
     return sizes
 
 
-def run_once(raw: Path, out: Path, workers: int) -> dict:
+BASELINE = ["--no-jit", "--no-direct-io"]  # numpy kernels, writes through the page cache
+
+
+def run_once(raw: Path, out: Path, workers: int, extra=()) -> dict:
     """Convert in a fresh subprocess: wall time and the peak RSS of its largest process.
 
     `os.wait4` returns the child's rusage including its own reaped children (the workers), so
@@ -127,7 +132,10 @@ def run_once(raw: Path, out: Path, workers: int) -> dict:
     if out.exists():
         shutil.rmtree(out)
     cmd = [sys.executable, str(HERE / "convert_raw.py"), "--raw", str(raw), "--out", str(out)]
-    cmd += ["--workers", str(workers), "--quiet"]
+    cmd += ["--workers", str(workers), "--quiet", *extra]
+    # Start from a clean page cache: a buffered run leaves gigabytes of dirty pages that the
+    # kernel writes back while the next run works (the written-back run is not charged for it).
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
     err = proc.stderr.read()
@@ -155,6 +163,8 @@ def main(argv=None) -> int:
                     help="where the converter writes (default: in --work); e.g. /dev/shm to "
                     "take the disk out of the measurement")  # fmt: skip
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table too")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="do not also time the baseline (" + " ".join(BASELINE) + ")")  # fmt: skip
     args = ap.parse_args(argv)
     scales = [float(s) for s in args.scales.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-convert-"))
@@ -180,8 +190,16 @@ def main(argv=None) -> int:
                 if args.out_dir
                 else work / "out"
             )
-            runs = [run_once(raw, out, args.workers) for _ in range(args.runs)]
+            if not results:  # untimed: on a fresh checkout numba compiles the kernels first
+                first = run_once(raw, out, args.workers)["wall"]
+                print(f"first run (fills numba's cache if empty, not counted): {first:.2f}s")
+            runs, base = [], []
+            for _ in range(args.runs):  # interleaved, so both see the same machine
+                runs.append(run_once(raw, out, args.workers))
+                if not args.no_baseline:
+                    base.append(run_once(raw, out, args.workers, BASELINE))
             wall = statistics.median(r["wall"] for r in runs)
+            base_wall = statistics.median(r["wall"] for r in base) if base else None
             meta = runs[0]["meta"]
             rows = meta["splits"]["train"]["input_rows"] + meta["splits"]["test"]["input_rows"]
             res = {
@@ -197,7 +215,11 @@ def main(argv=None) -> int:
                 "out_mb": runs[0]["out_bytes"] / 1e6,
                 "rss_mb": statistics.median(r["rss_mb"] for r in runs),
                 "rss_max_mb": max(r["rss_mb"] for r in runs),
+                "base_wall_s": base_wall,
+                "base_walls": [round(r["wall"], 2) for r in base],
             }
+            if base and base[0]["out_bytes"] != runs[0]["out_bytes"]:
+                raise SystemExit("the baseline wrote a different number of bytes")
             results.append(res)
             print(
                 f"x{scale:g}: {rows} rows in {wall:.2f}s (runs {res['walls']}): "
@@ -206,6 +228,13 @@ def main(argv=None) -> int:
                 f"peak RSS {res['rss_mb']:.0f} MB",
                 flush=True,
             )
+            if base:
+                print(
+                    f"x{scale:g}: baseline ({' '.join(BASELINE)}) {base_wall:.2f}s "
+                    f"(runs {res['base_walls']}): {in_bytes / 1e6 / base_wall:.1f} MB/s raw in; "
+                    f"speed-up {base_wall / wall:.2f}x",
+                    flush=True,
+                )
             shutil.rmtree(raw)
     finally:
         if not args.work:
@@ -225,12 +254,16 @@ def main(argv=None) -> int:
     if args.markdown:
         print()
         print("| skeleton scale | rows (train+test) | raw input MB | wall s (median of runs) | rows/s "
-              "| raw MB/s | output MB/s | peak RSS MB |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+              "| raw MB/s | output MB/s | peak RSS MB | baseline wall s | baseline raw MB/s "
+              "| speed-up |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
+            b = r["base_wall_s"]
+            tail = (f"{b:.2f} ({', '.join(map(str, r['base_walls']))}) | "
+                    f"{r['input_mb'] / b:.1f} | {b / r['wall_s']:.2f}x" if b else "- | - | -")  # fmt: skip
             print(f"| x{r['scale']:g} | {r['rows']:,} | {r['input_mb']:.0f} | {r['wall_s']:.2f} "
                   f"({', '.join(map(str, r['walls']))}) | {r['rows_per_s']:,.0f} | "
-                  f"{r['mb_per_s']:.1f} | {r['out_mb_per_s']:.0f} | {r['rss_mb']:.0f} |")  # fmt: skip
+                  f"{r['mb_per_s']:.1f} | {r['out_mb_per_s']:.0f} | {r['rss_mb']:.0f} | {tail} |")  # fmt: skip
     return 0
 
 
