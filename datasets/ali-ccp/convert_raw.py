@@ -512,23 +512,21 @@ def _load_kernels():
     @_njit
     def _jit_token_end(a, pos):
         """Position of the first delimiter (, \n \x01 \x02 \x03) at or after pos."""
-        while True:
-            c = a[pos]
-            if c == 44 or c == 10 or (c >= 1 and c <= 3):
-                return pos
+        while not _IS_DELIM[a[pos]]:
             pos += 1
+        return pos
 
     @_njit
     def _jit_field(fhash, findex, h):
-        """Index of the kept field with token hash h, or -1."""
-        lo, hi = 0, len(fhash)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fhash[mid] < h:
-                lo = mid + 1
-            else:
-                hi = mid
-        return findex[lo] if lo < len(fhash) and fhash[lo] == h else -1
+        """Index of the kept field with token hash h, or -1: `fhash` is an open-addressing
+        table of _FIELD_SLOTS hashes (0 = empty), `findex` the field index in each slot."""
+        j = np.int64(h >> np.uint64(64 - _FIELD_BITS))
+        while True:
+            if fhash[j] == h:
+                return findex[j]
+            if fhash[j] == 0:
+                return -1
+            j = (j + 1) & (_FIELD_SLOTS - 1)
 
     @_njit
     def _jit_parse(a, n_head, fhash, findex, line_start, head_end, click, buy, cfi, frow, key):
@@ -680,6 +678,27 @@ def _load_kernels():
 
 _I64 = np.zeros(0, np.int64)
 _U8 = np.zeros(0, np.uint8)
+_IS_DELIM = np.zeros(256, np.bool_)
+_IS_DELIM[[44, 10, 1, 2, 3]] = True
+_FIELD_BITS = 10
+_FIELD_SLOTS = 1 << _FIELD_BITS
+
+
+def _field_slots(field_hashes, field_index):
+    """The kept fields' token hashes in an open-addressing table for `_jit_field`."""
+    key = (field_hashes.tobytes(), field_index.tobytes())
+    if _FIELD_TABLE.get("key") != key:
+        th, ti = np.zeros(_FIELD_SLOTS, np.uint64), np.full(_FIELD_SLOTS, -1, np.int64)
+        for h, i in zip(field_hashes.tolist(), field_index.tolist(), strict=True):
+            j = h >> (64 - _FIELD_BITS)
+            while th[j] != 0:
+                j = (j + 1) % _FIELD_SLOTS
+            th[j], ti[j] = h, i
+        _FIELD_TABLE.update(key=key, table=(th, ti))
+    return _FIELD_TABLE["table"]
+
+
+_FIELD_TABLE: dict = {}
 
 
 def _parse_compiled(buf: bytes, n_head: int, field_hashes, field_index):
@@ -694,7 +713,7 @@ def _parse_compiled(buf: bytes, n_head: int, field_hashes, field_index):
     head_end = np.empty(n_rows, np.int64)
     click, buy = np.empty(n_rows, np.int8), np.empty(n_rows, np.int8)
     frow, key = np.empty(n_stx, np.int64), np.empty(n_stx, np.int64)
-    fh, fi = field_hashes.astype(np.uint64), field_index.astype(np.int64)
+    fh, fi = _field_slots(field_hashes.astype(np.uint64), field_index.astype(np.int64))
     rows, nf = _jit_parse(a, n_head, fh, fi, line_start, head_end, click, buy, cfi, frow, key)
     if rows < 0:
         return None
@@ -913,7 +932,7 @@ class _Counts:
 
 class _Tally:
     """Summed weights per key within a task: a hash table with the compiled kernels, else
-    sorted partial sums. result() -> (keys, sums), in no particular order."""
+    sorted partial sums. result() -> (keys, sums), sorted by key."""
 
     def __init__(self):
         self.table = _KeyTable() if _S.get("jit") else None
@@ -926,7 +945,13 @@ class _Tally:
             self.parts.append(_sum_counts(keys, weights))
 
     def result(self):
-        return self.table.items() if self.table is not None else _merge(self.parts)
+        if self.table is None:
+            return _merge(self.parts)
+        # sorted here, in the worker: the parent's merge (a stable sort, i.e. timsort) of
+        # sorted runs is then close to linear, and it is on the critical path
+        keys, sums = self.table.items()
+        order = np.argsort(keys)
+        return keys[order], sums[order]
 
 
 def _merge(parts):
