@@ -465,6 +465,27 @@ def test_output_writer_keeps_every_byte(tmp_path, monkeypatch, direct):
     assert (tmp_path / "b.txt").read_bytes() == b"".join(p.tobytes() for p in pieces)
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch, workers):
+    raw = random_raw(tmp_path / "raw", n_rows=300)
+    real_write = cr.os.write
+
+    def full(fd, data):
+        if "part-" in cr.os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(cr.errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cr.os, "write", full)
+    argv = ["--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", str(workers)]
+    rc = cr.main([*argv, "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and "part-00000.txt: No space left on device" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def raw_with_a_late_bad_line(tmp_path, monkeypatch) -> Path:
     """Small blocks and tasks, so that line 451 of the train skeleton (made bad) is met by a
     worker in a later block while the other worker is still busy."""

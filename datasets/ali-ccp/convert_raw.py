@@ -1302,7 +1302,7 @@ class _Output:
 
     def __init__(self, path, direct=False):
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        self.direct = False
+        self.path, self.direct = path, False
         if direct and hasattr(os, "O_DIRECT"):
             with contextlib.suppress(OSError):
                 self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
@@ -1340,22 +1340,24 @@ class _Output:
         buf, fill = self.bufs[self.cur], self.fill
         k = fill - fill % _ALIGN if self.direct else fill
         if self.pool is None:
-            _write_fd(self.fd, buf[:k])
+            self._write(buf[:k])
         else:
             self._wait()
-            self.pending = self.pool.submit(self._write_direct, buf[:k])
+            self.pending = self.pool.submit(self._write, buf[:k])
             self.cur ^= 1
         self.bufs[self.cur][: fill - k] = buf[k:fill]
         self.fill = fill - k
 
-    def _write_direct(self, data):
+    def _write(self, data):
         data = memoryview(data)
         while data:
             try:
                 data = data[os.write(self.fd, data) :]
-            except OSError as e:  # O_DIRECT refused after all: buffered writes from here on
-                if e.errno != errno.EINVAL or not self._clear_direct():
-                    raise
+            except OSError as e:
+                # O_DIRECT refused after all (EINVAL): buffered writes from here on
+                if e.errno == errno.EINVAL and self.direct and self._clear_direct():
+                    continue
+                raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def _clear_direct(self):
         """Turn O_DIRECT off for the file; False if it was off already."""
@@ -1376,7 +1378,7 @@ class _Output:
             self._wait()
             if self.direct:  # the tail is not a whole number of aligned blocks
                 self._clear_direct()
-            _write_fd(self.fd, self.bufs[self.cur][: self.fill])
+            self._write(self.bufs[self.cur][: self.fill])
             self.fill = 0
         finally:
             if self.pool is not None:
@@ -1389,12 +1391,6 @@ def _aligned(n):
     raw = np.empty(n + _ALIGN, np.uint8)
     skip = -raw.ctypes.data % _ALIGN
     return raw[skip : skip + n]
-
-
-def _write_fd(fd, data):
-    data = memoryview(data)
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1418,6 +1414,9 @@ def _worker(fn, tasks, inq, outq):
             outq.put(("done", i, fn(tasks[i], progress)))
         except _TaskError as e:
             outq.put(("bad", i, (e.path, e.offset, e.message)))
+        except OSError as e:  # disk full, permissions, ...: one line for the user
+            outq.put(("io", i, _io_message(e)))
+            return
         except BaseException:  # a bug: hand the traceback to the parent
             outq.put(("crash", i, traceback.format_exc()))
             return
@@ -1446,6 +1445,8 @@ def run_tasks(fn, tasks, workers, bar, on_result=None, meanwhile=None):
                 done(i, fn(t, bar.update))
             except _TaskError as e:
                 _raise_bad(e.path, e.offset, e.message)
+            except OSError as e:
+                raise ConvertError(_io_message(e)) from None
         return results
     ctx = mp.get_context("fork")
     inq, outq = ctx.Queue(), ctx.Queue()
@@ -1476,6 +1477,8 @@ def run_tasks(fn, tasks, workers, bar, on_result=None, meanwhile=None):
                 left -= 1
             elif kind == "bad":
                 _raise_bad(*val)
+            elif kind == "io":
+                raise ConvertError(val)
             else:
                 raise RuntimeError("a worker failed:\n" + val)
     finally:
@@ -1500,6 +1503,10 @@ def _stop_workers(procs, queues, finished: bool):
             p.join()
     for q in queues:
         q.close()
+
+
+def _io_message(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
 
 
 def _raise_bad(path, offset, message):
