@@ -185,6 +185,22 @@ def test_without_numba_the_numpy_kernels_do_it_all(tmp_path, monkeypatch):
     assert not (tmp_path / "out2").exists()
 
 
+def test_kernels_that_do_not_compile_fall_back_to_numpy(tmp_path, capsys, monkeypatch):
+    def broken(fields):
+        raise RuntimeError("no such numba")
+
+    monkeypatch.setattr(cr, "HAVE_NUMBA", True)
+    monkeypatch.setattr(cr, "_warm_compiled", broken)
+    raw = tiny_raw(tmp_path / "raw")
+    cr.convert(raw, tmp_path / "out", workers=2, progress=False)
+    assert read_out(tmp_path / "out", "test") == ["10,1,0,205:7,101:2,124:4", "12,0,0,101:2,124:4"]
+    err = capsys.readouterr().err
+    assert "note: numba could not compile the converter's kernels (RuntimeError" in err
+    with pytest.raises(cr.ConvertError, match="could not compile.*use --no-jit"):
+        cr.convert(raw, tmp_path / "out2", workers=1, progress=False, jit=True)
+    assert not (tmp_path / "out2").exists()
+
+
 @needs_numba
 def test_compiled_and_numpy_kernels_write_the_same_bytes(tmp_path, small_blocks):
     """Same part files, byte for byte, and the same meta (but the time taken); the CLI

@@ -1623,7 +1623,8 @@ def convert(
     _S.clear()
     _S.update(fields=set(fields), field_hashes=fh, field_index=fi, skip_bad=skip_bad)
     _S.update(prefix=_prefix_table(fields))
-    _S.update(jit=HAVE_NUMBA if jit is None else bool(jit), direct=bool(direct_io))
+    _S.update(jit=HAVE_NUMBA if jit is None else bool(jit), jit_asked=bool(jit))
+    _S.update(direct=bool(direct_io))
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     meta = {
         "converter": "datasets/ali-ccp/convert_raw.py",
@@ -1692,9 +1693,17 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
     jit, _S["jit"] = _S["jit"], False
 
     def load_kernels():
-        if jit:
+        if not jit:
+            return
+        try:
             _warm_compiled(fields)
-            _S["jit"] = True
+        except Exception as e:  # e.g. a numba release that does not know this numpy yet
+            msg = f"numba could not compile the converter's kernels ({type(e).__name__}: {e})"
+            if _S["jit_asked"]:
+                raise ConvertError(msg + "; use --no-jit") from None
+            print(f"note: {msg.splitlines()[0][:200]}; using numpy", file=sys.stderr, flush=True)
+            return
+        _S["jit"] = True
 
     cres = run(_common_task, ctasks, "common features (parse)", csize, meanwhile=load_kernels)
     n_common = {}
