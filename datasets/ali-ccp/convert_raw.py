@@ -35,9 +35,9 @@ pool of worker processes over byte ranges (or runs of rows) of its files:
    impression repeats its user's common features) is written with O_DIRECT where the file system
    takes it, from a background thread, so the page cache is neither paid for nor flooded.
 
-The hot loops (parse, hash-table counts and lookups, rendering) are compiled with numba when it is
-installed (``--no-jit``: numpy only, 2-3x slower, the same bytes out); a block with a line that is
-not well formed is always parsed by the numpy code, whose checks name the problem.
+The hot loops (parse, hash-table counts and lookups, rendering) are compiled with numba when it
+is installed (``--no-jit``: numpy only, 1.5-2.7x slower, the same bytes out); a block with a line
+that is not well formed is always parsed by the numpy code, whose checks name the problem.
 
 Everything is written into ``OUT_DIR/.convert-tmp-*`` and renamed into place at the end, so an
 interrupted or failed run never leaves half-written ``train_data/``/``test_data/``.
@@ -458,7 +458,7 @@ def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=
 
 def _load_kernels():
     """Import numba and define the compiled kernels, once per process (they are cached on
-    disk by numba, so only the first run on a machine compiles them: ~5 s)."""
+    disk by numba, so only the first run on a machine compiles them: 2.5-5 s)."""
     global _LOADED, _memcpy, _jit_hash, _jit_uint, _jit_token_end, _jit_field, _jit_parse
     global _jit_count_bytes, _jit_table_put, _jit_table_get, _jit_rows
     if _LOADED:
@@ -765,9 +765,10 @@ class _KeyTable:
 
 
 def _rows_compiled(out, head, tok_ptr, tok_field, tok_val, prefix, blobs=None, newline=False):
-    """Write rows into the uint8 array `out` (large enough for every row: head, tokens of at
-    most prefix width + MAX_DIGITS bytes, blob, newline) with `_jit_rows`. head: (src uint8, start [R], length [R]) or None; blobs: (uint8 array, offset
-    [B], length [B], blob of each row [R]) or None. Returns (bytes written, row lengths)."""
+    """Write rows into the uint8 array `out` with `_jit_rows`; `out` must hold every row (head,
+    tokens of at most prefix width + MAX_DIGITS bytes, blob, newline). head: (src uint8, start
+    [R], length [R]) or None; blobs: (uint8 array, offset [B], length [B], blob of each row [R])
+    or None. Returns (bytes written, row lengths)."""
     _load_kernels()
     n = len(tok_ptr) - 1
     pmat, plen, _ = prefix
@@ -1586,8 +1587,9 @@ def convert(
 ):
     """Convert the four raw Ali-CCP files in `raw_dir` into slot files in `out_dir`.
 
-    jit: use the compiled kernels (None: if numba is installed); direct_io: write the slot files with
-    O_DIRECT where the file system takes it. Neither changes a byte of the output. Returns the meta dict also written to `out_dir/meta.json`. Raises ConvertError for problems
+    jit: use the compiled kernels (None: if numba is installed); direct_io: write the slot files
+    with O_DIRECT where the file system takes it. Neither changes a byte of the output. Returns
+    the meta dict also written to `out_dir/meta.json`. Raises ConvertError for problems
     in the input or an existing output.
     """
     t0 = time.time()
