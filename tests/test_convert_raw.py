@@ -267,6 +267,22 @@ def test_tiny_exact_output(tmp_path):
     assert meta["splits"]["train"]["common_rows"] == 2
 
 
+@pytest.mark.parametrize("jit", KERNELS)
+def test_an_empty_split_gives_empty_output(tmp_path, jit):
+    """Empty test files (no common rows, no impressions) convert to an empty test_data/; an
+    empty common-features file with impressions is the usual missing-user error."""
+    raw = tiny_raw(tmp_path / "raw")
+    for name in ("common_features_test.csv", "sample_skeleton_test.csv"):
+        (raw / name).write_text("")
+    meta = cr.convert(raw, tmp_path / "out", workers=2, progress=False, jit=jit)
+    assert meta["rows"] == {"train": 3, "test": 0}
+    assert read_out(tmp_path / "out", "test") == []
+    assert len(read_out(tmp_path / "out", "train")) == 3
+    (raw / "sample_skeleton_test.csv").write_text(skel_line(10, 1, 0, "cc", [item("205", 7)]))
+    with pytest.raises(cr.ConvertError, match="'cc' is not in common_features_test.csv"):
+        cr.convert(raw, tmp_path / "out2", workers=1, progress=False, jit=jit)
+
+
 def test_min_count_counts_impressions(tmp_path):
     """A common feature counts once per train impression that references its user."""
     raw = tiny_raw(tmp_path / "raw")

@@ -1807,7 +1807,7 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
 def _build_index(results, path, skip_bad, meta):
     """Sorted common_feature_index hashes -> row id; duplicates keep the first line."""
     name = path.name
-    hashes = np.concatenate([r["hashes"] for r in results])
+    hashes = np.concatenate([np.zeros(0, np.uint64)] + [r["hashes"] for r in results])
     order = np.argsort(hashes, kind="stable")
     sh = hashes[order]
     dup = int((sh[1:] == sh[:-1]).sum()) if len(sh) else 0
@@ -1829,9 +1829,10 @@ def _build_index(results, path, skip_bad, meta):
 
 def _blob_index(files, lens):
     lens = [np.asarray(x, np.int64) for x in lens]
-    part = np.concatenate([np.full(len(x), i, np.int32) for i, x in enumerate(lens)])
-    off = np.concatenate([np.cumsum(x) - x for x in lens]) if lens else np.zeros(0, np.int64)
-    return [str(f) for f in files], part, off, np.concatenate(lens)
+    none = [np.zeros(0, np.int64)]  # a split may have no common rows at all
+    part = np.concatenate(none + [np.full(len(x), i, np.int64) for i, x in enumerate(lens)])
+    off = np.concatenate(none + [np.cumsum(x) - x for x in lens])
+    return [str(f) for f in files], part, off, np.concatenate(none + lens)
 
 
 def _split_meta(split, path, done, meta):
