@@ -185,6 +185,30 @@ def test_without_numba_the_numpy_kernels_do_it_all(tmp_path, monkeypatch):
     assert not (tmp_path / "out2").exists()
 
 
+@needs_numba
+def test_skip_bad_gives_the_same_output_with_either_kernels(tmp_path, small_blocks):
+    """Bad lines scattered over all four files (so some blocks are parsed compiled, others
+    handed back to numpy): the same rows, files and counts either way."""
+    raw = random_raw(tmp_path / "raw", seed=11)
+    rng = random.Random(11)
+    for name in ("sample_skeleton_train.csv", "sample_skeleton_test.csv",
+                 "common_features_train.csv", "common_features_test.csv"):  # fmt: skip
+        lines = (raw / name).read_text().splitlines(keepends=True)
+        for _ in range(3):
+            i = rng.randrange(1, len(lines))
+            lines[i] = rng.choice([b for b, _ in BAD_LINES[:-1]] + ["\n"])
+        (raw / name).write_text("".join(lines))
+    metas = {}
+    for jit in (False, True):
+        out = tmp_path / f"out-{jit}"
+        metas[jit] = cr.convert(raw, out, workers=2, progress=False, skip_bad=True, jit=jit)
+        metas[jit].pop("seconds")
+    assert metas[True] == metas[False]
+    assert sum(metas[True]["bad_lines"].values()) > 0
+    for split in ("train", "test"):
+        assert read_out(tmp_path / "out-True", split) == read_out(tmp_path / "out-False", split)
+
+
 def test_kernels_that_do_not_compile_fall_back_to_numpy(tmp_path, capsys, monkeypatch):
     def broken(fields):
         raise RuntimeError("no such numba")
