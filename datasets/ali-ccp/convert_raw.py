@@ -36,7 +36,7 @@ pool of worker processes over byte ranges (or runs of rows) of its files:
    takes it, from a background thread, so the page cache is neither paid for nor flooded.
 
 The hot loops (parse, hash-table counts and lookups, rendering) are compiled with numba when it
-is installed (``--no-jit``: numpy only, 1.5-2.7x slower, the same bytes out); a block with a line
+is installed (``--no-jit``: numpy only, 1.5-2.9x slower, the same bytes out); a block with a line
 that is not well formed is always parsed by the numpy code, whose checks name the problem.
 
 Everything is written into ``OUT_DIR/.convert-tmp-*`` and renamed into place at the end, so an
