@@ -226,6 +226,28 @@ def test_kernels_that_do_not_compile_fall_back_to_numpy(tmp_path, capsys, monkey
 
 
 @needs_numba
+def test_without_a_cache_folder_the_kernels_are_compiled_for_the_run(tmp_path, capsys, monkeypatch):
+    """numba refuses cache=True where no cache folder is writable (a read-only checkout and
+    home): the kernels are then compiled without the cache, not dropped for numpy."""
+    real = cr._warm_compiled
+    calls = []
+
+    def first_refused(fields):
+        calls.append(cr._LOADED)
+        if len(calls) == 1:
+            raise RuntimeError("cannot cache function '_jit_hash': no locator available for file")
+        real(fields)
+
+    monkeypatch.setattr(cr, "_warm_compiled", first_refused)
+    raw = tiny_raw(tmp_path / "raw")
+    cr.convert(raw, tmp_path / "out", workers=1, progress=False)
+    assert calls[1] is False  # the second try ran with kernels defined without the cache
+    assert "note: numba has no writable cache folder here" in capsys.readouterr().err
+    assert read_out(tmp_path / "out", "test") == ["10,1,0,205:7,101:2,124:4", "12,0,0,101:2,124:4"]
+    cr._load_kernels(cache=True)  # back to the cached kernels for the other tests
+
+
+@needs_numba
 def test_compiled_and_numpy_kernels_write_the_same_bytes(tmp_path, small_blocks):
     """Same part files, byte for byte, and the same meta (but the time taken); the CLI
     switches choose the kernels and the write mode."""

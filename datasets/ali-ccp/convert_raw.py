@@ -75,7 +75,7 @@ import numpy as np
 # everything. numba is imported only when a conversion starts (`_load_kernels`): it takes ~0.2 s,
 # and the scripts that import this one for FIELDS do not need it.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_LOADED = False
+_LOADED = None  # None, or whether the loaded kernels are cached on disk
 
 # The 23 Ali-CCP fields, in the project's field order (user, user histories, item, crosses,
 # context). The order fixes the feasign ranges: field i's ids come before field i+1's.
@@ -456,18 +456,20 @@ def render_rows(n_rows, tok_row, tok_field, tok_val, prefix, head=None, newline=
 # formed goes to `parse_block` for its checks and messages, and the tests compare both outputs.
 
 
-def _load_kernels():
+def _load_kernels(cache=None):
     """Import numba and define the compiled kernels, once per process (they are cached on
-    disk by numba, so only the first run on a machine compiles them: 2.5-5 s)."""
+    disk by numba, so only the first run on a machine compiles them: 2.5-5 s). cache=False
+    defines them anew without numba's disk cache (where no cache folder is writable)."""
     global _LOADED, _memcpy, _jit_hash, _jit_uint, _jit_token_end, _jit_field, _jit_parse
     global _jit_count_bytes, _jit_table_put, _jit_table_get, _jit_rows
-    if _LOADED:
+    if _LOADED is not None and cache in (None, _LOADED):
         return
+    cache = True if cache is None else cache
     import numba
     from numba.core import cgutils, types
     from numba.extending import intrinsic
 
-    _njit = numba.njit(cache=True, nogil=True)
+    _njit = numba.njit(cache=cache, nogil=True)
 
     @intrinsic
     def _memcpy(typingctx, dst, dst_at, src, src_at, n):
@@ -673,7 +675,7 @@ def _load_kernels():
             row_len[r] = p - p0
         return p
 
-    _LOADED = True
+    _LOADED = cache
 
 
 _I64 = np.zeros(0, np.int64)
@@ -1698,7 +1700,15 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
         if not jit:
             return
         try:
-            _warm_compiled(fields)
+            try:
+                _warm_compiled(fields)
+            except RuntimeError as e:  # numba found no writable folder for its cache
+                if "cannot cache" not in str(e):
+                    raise
+                print("note: numba has no writable cache folder here (set NUMBA_CACHE_DIR); "
+                      "compiling the converter's kernels for this run", file=sys.stderr, flush=True)  # fmt: skip
+                _load_kernels(cache=False)
+                _warm_compiled(fields)
         except Exception as e:  # e.g. a numba release that does not know this numpy yet
             msg = f"numba could not compile the converter's kernels ({type(e).__name__}: {e})"
             if _S["jit_asked"]:
