@@ -774,3 +774,17 @@ def test_agrees_with_synthetic_slot_output(tmp_path):
             assert len(fa[f]) == len(fb[f])
             for x, y in zip(fa[f], fb[f], strict=True):
                 assert forward.setdefault(x, y) == y and backward.setdefault(y, x) == x
+
+
+@pytest.mark.slow
+def test_bench_convert_reports_the_run_and_the_baseline(tmp_path):
+    """The converter benchmark end to end on a tiny fixture: a row per scale with the speed-up
+    against the numpy/page-cache baseline measured in the same run."""
+    bench = ROOT / "datasets" / "ali-ccp" / "bench_convert.py"
+    cmd = [sys.executable, str(bench), "--users", "40", "--scales", "0.5", "--runs", "1"]
+    proc = run_group([*cmd, "--work", str(tmp_path / "w"), "--markdown"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "x0.5: baseline (--no-jit --no-direct-io)" in proc.stdout
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| x0.5 |")]
+    assert len(row) == 1 and row[0].rstrip(" |").endswith("x"), proc.stdout
+    assert not list((tmp_path / "w").glob("raw-*"))  # fixtures removed after use
