@@ -186,6 +186,17 @@ def test_without_numba_the_numpy_kernels_do_it_all(tmp_path, monkeypatch):
 
 
 @needs_numba
+def test_one_compiled_signature_per_kernel(tmp_path, small_blocks):
+    """Every call passes the same argument types (layout, dtype, read-only flag), so the
+    kernels loaded before the workers fork are the ones they run: a second signature would be
+    compiled in every worker of every run (seconds each)."""
+    raw = random_raw(tmp_path / "raw", seed=5)
+    cr.convert(raw, tmp_path / "out", workers=1, progress=False, jit=True)
+    kernels = ["_jit_parse", "_jit_rows", "_jit_count_bytes", "_jit_table_put", "_jit_table_get"]
+    assert {k: len(getattr(cr, k).signatures) for k in kernels} == dict.fromkeys(kernels, 1)
+
+
+@needs_numba
 def test_skip_bad_gives_the_same_output_with_either_kernels(tmp_path, small_blocks):
     """Bad lines scattered over all four files (so some blocks are parsed compiled, others
     handed back to numpy): the same rows, files and counts either way."""
