@@ -133,8 +133,9 @@ def run_once(raw: Path, out: Path, workers: int, extra=()) -> dict:
         shutil.rmtree(out)
     cmd = [sys.executable, str(HERE / "convert_raw.py"), "--raw", str(raw), "--out", str(out)]
     cmd += ["--workers", str(workers), "--quiet", *extra]
-    # Start from a clean page cache: a buffered run leaves gigabytes of dirty pages that the
-    # kernel writes back while the next run works (the written-back run is not charged for it).
+    # Start with nothing dirty: a buffered run (the baseline) leaves gigabytes of dirty pages
+    # that the kernel would write back while the next run works. Its own writeback is thus not
+    # timed, which favours the baseline.
     os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
