@@ -1691,9 +1691,9 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
             ctasks.append((cpath, a, z, work / f"common-{split}-{i:05d}.keys"))
             split_of.append(split)
     csize = sum(inputs[COMMON.format(split)].stat().st_size for split in SPLITS)
-    # The compiled kernels are loaded here once (numba's start-up takes ~0.25 s), while this
-    # first pool of workers, forked before, parses with the numpy kernels; later pools
-    # inherit them ready to run.
+    # The compiled kernels are loaded here once (importing numba and its start-up take ~0.45 s)
+    # while this first pool of workers, forked before, parses with the numpy kernels; later
+    # pools inherit them ready to run.
     jit, _S["jit"] = _S["jit"], False
 
     def load_kernels():
