@@ -1335,6 +1335,10 @@ class _Output:
             self._flush()
 
     def write(self, data):
+        """Append bytes; plain writes with nothing buffered go straight to the file."""
+        if not self.direct and self.fill == 0:
+            self._write(data)
+            return
         data = np.frombuffer(data, np.uint8)
         self.space(len(data))[: len(data)] = data
         self.commit(len(data))
