@@ -935,21 +935,21 @@ class _Counts:
 
 class _Tally:
     """Summed weights per key within a task: a hash table with the compiled kernels, else
-    sorted partial sums. result() -> (keys, sums), sorted by key."""
+    sorted partial sums in a `_Counts`. result() -> (keys, sums), sorted by key."""
 
     def __init__(self):
         self.table = _KeyTable() if _S.get("jit") else None
-        self.parts = []
+        self.counts = _Counts() if self.table is None else None
 
     def add(self, keys, weights):
         if self.table is not None:
             self.table.put(keys, weights)
         else:
-            self.parts.append(_sum_counts(keys, weights))
+            self.counts.add(*_sum_counts(keys, weights))
 
     def result(self):
         if self.table is None:
-            return _merge(self.parts)
+            return self.counts.result()
         # sorted here, in the worker: the parent's merge (a stable sort, i.e. timsort) of
         # sorted runs is then close to linear, and it is on the critical path
         keys, sums = self.table.items()
