@@ -240,7 +240,7 @@ def test_kernels_that_do_not_compile_fall_back_to_numpy(tmp_path, capsys, monkey
 def test_without_a_cache_folder_the_kernels_are_compiled_for_the_run(tmp_path, capsys, monkeypatch):
     """numba refuses cache=True where no cache folder is writable (a read-only checkout and
     home): the kernels are then compiled without the cache, not dropped for numpy."""
-    real = cr._warm_compiled
+    real = cr._warm_kernels
     calls = []
 
     def first_refused(fields):
@@ -249,7 +249,7 @@ def test_without_a_cache_folder_the_kernels_are_compiled_for_the_run(tmp_path, c
             raise RuntimeError("cannot cache function '_jit_hash': no locator available for file")
         real(fields)
 
-    monkeypatch.setattr(cr, "_warm_compiled", first_refused)
+    monkeypatch.setattr(cr, "_warm_kernels", first_refused)
     raw = tiny_raw(tmp_path / "raw")
     cr.convert(raw, tmp_path / "out", workers=1, progress=False)
     assert calls[1] is False  # the second try ran with kernels defined without the cache

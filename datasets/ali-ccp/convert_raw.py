@@ -796,7 +796,20 @@ def _readonly(a):
 
 def _warm_compiled(fields):
     """Compile (or load from numba's cache) every kernel once, in this process, with the
-    argument types of the real calls, so that forked workers inherit them ready to run."""
+    argument types of the real calls, so that forked workers inherit them ready to run. Where
+    numba has no writable folder for its cache, the kernels are compiled without it."""
+    try:
+        _warm_kernels(fields)
+    except RuntimeError as e:
+        if "cannot cache" not in str(e):
+            raise
+        print("note: numba has no writable cache folder here (set NUMBA_CACHE_DIR); "
+              "compiling the converter's kernels for this run", file=sys.stderr, flush=True)  # fmt: skip
+        _load_kernels(cache=False)
+        _warm_kernels(fields)
+
+
+def _warm_kernels(fields):
     fh, fi = _field_lookup(fields)
     lines = [b"1,1,0,c,1,%s\x02" % fields[0].encode() + b"7\x031.0\n", b"c,0,\n"]
     for n_head, buf in zip((5, 2), lines, strict=True):
@@ -1704,15 +1717,7 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
         if not jit:
             return
         try:
-            try:
-                _warm_compiled(fields)
-            except RuntimeError as e:  # numba found no writable folder for its cache
-                if "cannot cache" not in str(e):
-                    raise
-                print("note: numba has no writable cache folder here (set NUMBA_CACHE_DIR); "
-                      "compiling the converter's kernels for this run", file=sys.stderr, flush=True)  # fmt: skip
-                _load_kernels(cache=False)
-                _warm_compiled(fields)
+            _warm_compiled(fields)
         except Exception as e:  # e.g. a numba release that does not know this numpy yet
             msg = f"numba could not compile the converter's kernels ({type(e).__name__}: {e})"
             if _S["jit_asked"]:
