@@ -63,6 +63,9 @@ class RunnerConfig:
     infer_reader_path: str = ""  # the infer tools' reader module; "" = train_reader_path
     model_save_path: str = path_field("output")
     infer_load_path: str = path_field()  # where infer tools find checkpoints; "" = model_save_path
+    # start training from these weights: a checkpoint folder, or a run folder (its last epoch)
+    model_init_path: str = path_field()
+    model_init_optimizer: bool = False  # with model_init_path: also its optimizer state
     epochs: int = 1
     train_batch_size: int = 1024
     infer_batch_size: int = 4096

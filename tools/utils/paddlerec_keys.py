@@ -23,7 +23,6 @@ _PS = (
 
 # dotted key -> why it does nothing here (printed once per run)
 NO_EFFECT = {
-    "runner.model_init_path": "warm starts are not supported yet",
     "runner.use_auc": "AUCs are always computed: auc_ctr, auc_cvr (clicked impressions), auc_ctcvr",
     "runner.auc_num": "each AUC is named (auc_ctr, auc_cvr, auc_ctcvr), not counted",
     "runner.save_inference_feed_varnames": (
