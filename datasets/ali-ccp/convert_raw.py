@@ -3,6 +3,7 @@
 
     python datasets/ali-ccp/convert_raw.py --raw RAW_DIR --out OUT_DIR [--min-count N]
         [--workers N] [--skip-bad] [--force] [--fields 101,121,...] [--no-jit] [--no-direct-io]
+        [--vocab OLD_OUT [--freeze-vocab]]
 
 Input (``RAW_DIR``): ``sample_skeleton_{train,test}.csv`` with rows
 ``sample_id,click,buy,common_feature_index,feature_num,feature_list`` and
@@ -11,7 +12,8 @@ a feature list is ``field\\x02feature_id\\x03value`` items joined by ``\\x01``.
 
 Output (``OUT_DIR``): ``train_data/part-NNNNN.txt`` and ``test_data/part-NNNNN.txt``, one line per
 kept skeleton row, ``sample_id,click,buy`` then ``,field:feasign`` tokens (the skeleton's features
-in their raw order, then the user's common features in their raw order), and ``meta.json``.
+in their raw order, then the user's common features in their raw order), ``meta.json``, and
+``vocab.txt`` (line n: ``field:feature_id`` of feasign n).
 
 What happens, in order (every step streams; nothing grows with the skeleton). Each step is a
 pool of worker processes over byte ranges (or runs of rows) of its files:
@@ -26,7 +28,9 @@ pool of worker processes over byte ranges (or runs of rows) of its files:
 3. The common train keys are counted with those reference counts as weights, so a key's count is
    the number of train impressions it occurs in, whichever file it comes from. Keys with count >=
    ``min_count`` form the vocabulary, sorted by (field order, id): feasign = rank + 1, so every
-   field gets one contiguous range and 0 stays padding (and means "unseen").
+   field gets one contiguous range and 0 stays padding (and means "unseen"). With ``--vocab``
+   the pairs of an earlier ``vocab.txt`` keep their feasigns and only new pairs are numbered,
+   after them (day-by-day training: a model trained on the earlier data means the same rows).
 4. Each common row of both splits is rendered once into its slot text (``,109_14:17,...\\n``)
    in a blob file on disk; skeleton rows read their users' texts with ``os.preadv``.
 5. Both skeletons are encoded with that one vocabulary (test ids unseen in train are not

@@ -52,7 +52,9 @@ World (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are inde
   fields are the distinct categories/shops/brands/nodes of those items, most frequent first (in raw
   output the value is ``log(1 + count)``). Histories are a partial, noisy view of ``u``.
 
-Impressions, in time order (train first, then test: "test = later impressions").
+Impressions, in time order (train first, then test: "test = later impressions"). ``--day D``
+draws another day's sessions, impressions and labels from the same world (day 0 is the default
+output, byte for byte).
 
 * Sessions: a user drawn by visit frequency and a geometric number of impressions (mean
   ``session_mean``). In raw output a session is one ``common_feature_index`` row.
