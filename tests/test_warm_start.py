@@ -1,5 +1,7 @@
 """runner.model_init_path: a new run starts from an earlier run's weights (and optimizer state)."""
 
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -75,7 +77,10 @@ def test_weights_load_across_engines_and_a_grown_table_keeps_old_rows(tmp_path, 
 @pytest.mark.parametrize("kind", ["dygraph", "static"])
 def test_optimizer_state_only_when_asked_and_its_new_rows_start_at_zero(tmp_path, kind):
     root = trained_run(tmp_path, kind)
-    cfg = config(f"runner.model_init_path={root}/0", "runner.model_init_optimizer=True", rows=320)
+    save = f"runner.model_save_path={tmp_path / 'warm'}"
+    cfg = config(
+        f"runner.model_init_path={root}/0", "runner.model_init_optimizer=True", save, rows=320
+    )
     engine = build(kind, cfg)
     warm_start.load(cfg, engine)
     state = engine.optimizer_state()
@@ -84,6 +89,7 @@ def test_optimizer_state_only_when_asked_and_its_new_rows_start_at_zero(tmp_path
     (m,) = moments
     assert np.abs(m[:ROWS]).sum() > 0  # carried over
     assert not m[ROWS:].any()  # the new rows' moments start at zero
+    assert os.listdir(tmp_path / "warm") == []  # its scratch folder is gone
     # without model_init_optimizer the moments are a fresh optimizer's (all zero)
     cold_cfg = config(f"runner.model_init_path={root}", rows=320)
     cold = build(kind, cold_cfg)
@@ -112,7 +118,8 @@ def test_optimizer_state_only_when_asked_and_its_new_rows_start_at_zero(tmp_path
 )
 def test_mismatches_are_one_line_errors(tmp_path, overrides, rows, kind, message):
     root = trained_run(tmp_path, "static")
-    cfg = config(f"runner.model_init_path={root}", *overrides, rows=rows)
+    save = f"runner.model_save_path={tmp_path / 'warm'}"
+    cfg = config(f"runner.model_init_path={root}", *overrides, save, rows=rows)
     engine = build(kind, cfg)
     with pytest.raises(UserError) as err:
         warm_start.load(cfg, engine)

@@ -131,13 +131,14 @@ def load(config, engine):
     engine.set_params(params, source)
     what = "weights"
     if config.runner.model_init_optimizer:
-        _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown)
+        scratch = config.runner.model_save_path
+        _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, scratch)
         what = "weights and optimizer state"
     extra = f"; embedding rows {old_rows} -> {new_rows}, new rows fresh" if grown else ""
     log(f"{KEY}: starting from the {what} of {folder} (epoch {meta.get('epoch')}){extra}")
 
 
-def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown):
+def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, scratch):
     """Through the engine's `load_training_state`, from a folder whose files fit this run: the
     tables and their moments grown, and this run's own learning-rate schedule (the warm run
     is a new run; it does not continue the old schedule's decay)."""
@@ -152,7 +153,10 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown):
     for key in ("LR_Scheduler", *(k for k in fresh if k.startswith("learning_rate_"))):
         if key in fresh:
             state[key] = fresh[key]
-    tmp = tempfile.mkdtemp(prefix=".model-init-")
+    # beside the run's checkpoints (the files are as large as one), not in a small /tmp; a
+    # killed run's leftover is removed with the other `.tmp-` folders on the next start
+    os.makedirs(scratch, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-model-init-", dir=scratch)
     try:
         paddle.save(params, os.path.join(tmp, PARAMS_FILE))
         paddle.save(state, os.path.join(tmp, OPT_FILE))
