@@ -374,6 +374,12 @@ def test_vocab_option_errors(tmp_path, capsys):
     (tmp_path / "v.txt").write_text("101:1\n999:2\n")
     assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
     assert "v.txt:2: field 999 is not converted" in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("101:1\n101:x1\n")
+    assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
+    assert "v.txt:2: expected field:feature_id, got '101:x1'" in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("101:1\n205:3\n101:1\n")
+    assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
+    assert "appears on two lines" in capsys.readouterr().err
     assert cr.main(base + ["--freeze-vocab"]) == 2
     assert "--freeze-vocab needs --vocab" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -1953,20 +1953,30 @@ def read_vocab(path, fields) -> np.ndarray:
             f"--vocab: {path} not found (give an earlier --out folder or its {VOCAB_FILE})"
         )
     index = {f: i for i, f in enumerate(fields)}
-    keys = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            field, sep, fid = line.rstrip("\n").partition(":")
-            if not sep or not fid.isdigit() or len(fid) > MAX_DIGITS:
-                raise ConvertError(f"{path}:{n}: expected field:feature_id, got {line.strip()!r}")
-            if field not in index:
-                raise ConvertError(
-                    f"{path}:{n}: field {field} is not converted (--fields); an extended "
-                    "vocabulary needs every field of the old one"
-                )
-            keys.append((index[field] << KEY_SHIFT) | int(fid))
-    keys = np.array(keys, np.int64)
-    if len(np.unique(keys)) != len(keys):
+    lines = path.read_bytes().split(b"\n")  # numpy's string kernels, not a loop per line
+    if lines and not lines[-1]:
+        lines.pop()
+    field, sep, fid = np.char.partition(np.array(lines or [b""], dtype=bytes), b":").T
+    ok = (sep == b":") & np.char.isdigit(fid) & (np.char.str_len(fid) <= MAX_DIGITS)
+    if lines and not ok.all():
+        n = int(np.flatnonzero(~ok)[0])
+        raise ConvertError(
+            f"{path}:{n + 1}: expected field:feature_id, got {lines[n].decode(errors='replace')!r}"
+        )
+    names, which = np.unique(field, return_inverse=True)
+    for k, name in enumerate(names.tolist()):
+        if lines and name.decode(errors="replace") not in index:
+            n = int(np.flatnonzero(which == k)[0])
+            raise ConvertError(
+                f"{path}:{n + 1}: field {name.decode(errors='replace')} is not converted "
+                "(--fields); an extended vocabulary needs every field of the old one"
+            )
+    if not lines:
+        return np.zeros(0, np.int64)
+    field_index = np.array([index[name.decode()] for name in names.tolist()], np.int64)
+    keys = (field_index[which] << KEY_SHIFT) | fid.astype(np.int64)
+    ordered = np.sort(keys)  # (numpy 2.4's hash-based np.unique took 4x the whole read)
+    if (ordered[1:] == ordered[:-1]).any():
         raise ConvertError(f"{path}: a field:feature_id pair appears on two lines")
     return keys
 
