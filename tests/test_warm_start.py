@@ -114,6 +114,15 @@ def test_optimizer_state_only_when_asked_and_its_new_rows_start_at_zero(tmp_path
             "static",
             "was trained with Adam, this run uses SGD",
         ),
+        (
+            [
+                "hyper_parameters.embedding_optimizer.class=rowwise_adagrad",
+                "runner.model_init_optimizer=True",
+            ],
+            ROWS,
+            "static",
+            "was trained with lazy_adam, this run uses rowwise_adagrad",
+        ),
     ],
 )
 def test_mismatches_are_one_line_errors(tmp_path, overrides, rows, kind, message):

@@ -363,8 +363,14 @@ class StaticEngine:
         for name in current:
             if name in schedules:
                 schedules[name].set_state_dict(saved[name])
-            else:
-                self._tensor(name).set(np.asarray(saved[name]), self.place)
+                continue
+            value = np.asarray(saved[name])
+            if value.shape != current[name].shape:
+                raise UserError(
+                    f"{folder}: optimizer state {name} has shape {list(value.shape)}, this run "
+                    f"{list(current[name].shape)}; resume with the config the run was started with"
+                )
+            self._tensor(name).set(value, self.place)
 
 
 class InferenceEngine:

@@ -23,7 +23,7 @@ import numpy as np
 import paddle
 
 from utils import checkpoint
-from utils.engines import OPT_FILE, PARAMS_FILE, load_params_file
+from utils.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
 from utils.errors import UserError
 from utils.progress import log
 
@@ -73,8 +73,9 @@ def grow_tables(current: dict, saved: dict, old_rows: int, new_rows: int, source
 
 
 def _grow_optimizer(state: dict, old_rows: int, new_rows: int, tables: dict) -> dict:
-    """Optimizer arrays shaped like an old embedding table, padded with zero rows."""
-    shapes = {v.shape[1:] for v in tables.values()}
+    """Optimizer arrays shaped like an old embedding table, padded with zero rows: moments
+    `[rows, dim]`, and row-wise accumulators `[rows, 1]`."""
+    shapes = {v.shape[1:] for v in tables.values()} | {(1,)}
     out = {}
     for key, value in state.items():
         arr = None if isinstance(value, dict) else np.asarray(value)
@@ -107,13 +108,15 @@ def _check_compatible(config, engine, meta: dict, folder: str):
             f"engine; its optimizer state loads only into the same engine (the weights alone "
             "load into either: drop model_init_optimizer)"
         )
-    old_opt = (saved.get("optimizer") or {}).get("class_", "")
-    new_opt = (now.get("optimizer") or {}).get("class_", "")
-    if old_opt.lower() != new_opt.lower():
-        raise UserError(
-            f"runner.model_init_optimizer: {folder} was trained with {old_opt}, this run uses "
-            f"{new_opt}; its optimizer state does not carry over (drop model_init_optimizer)"
-        )
+    for section in ("optimizer", "embedding_optimizer"):
+        old_opt = (saved.get(section) or {}).get("class_", "")
+        new_opt = (now.get(section) or {}).get("class_", "")
+        if old_opt.lower() != new_opt.lower():
+            raise UserError(
+                f"runner.model_init_optimizer: {folder} was trained with {old_opt}, this run "
+                f"uses {new_opt} (hyper_parameters.{section}.class); its optimizer state does "
+                "not carry over (drop model_init_optimizer)"
+            )
 
 
 def load(config, engine):
@@ -150,7 +153,8 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, sc
         tables = {k: v for k, v in saved.items() if params[k].shape != v.shape}
         state = _grow_optimizer(state, old_rows, new_rows, tables)
     fresh = engine.optimizer_state()
-    for key in ("LR_Scheduler", *(k for k in fresh if k.startswith("learning_rate_"))):
+    schedules = ("LR_Scheduler", ROW_LR_STATE)
+    for key in (*schedules, *(k for k in fresh if k.startswith("learning_rate_"))):
         if key in fresh:
             state[key] = fresh[key]
     # beside the run's checkpoints (the files are as large as one), not in a small /tmp; a
