@@ -52,6 +52,8 @@ QUALITY = [
     ("lazy_adam, optimizer's learning rate (default)", "{class: lazy_adam}"),
     ("rowwise_adagrad, learning rate 0.05", "{class: rowwise_adagrad, learning_rate: 0.05}"),
     ("rowwise_adagrad, learning rate 0.1", "{class: rowwise_adagrad, learning_rate: 0.1}"),
+    ("rowwise_adagrad, learning rate 0.2", "{class: rowwise_adagrad, learning_rate: 0.2}"),
+    ("lazy_adam, learning rate 0.01", "{class: lazy_adam, learning_rate: 0.01}"),
 ]
 
 # (key, what is measured, unit); the order of the table

@@ -12,6 +12,7 @@ checkpoint written by one engine loads in the other.
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import paddle
@@ -27,17 +28,18 @@ INFERENCE_PREFIX = "inference"  # inference.json + inference.pdiparams
 ROW_LR_STATE = "Embedding_LR_Scheduler"  # optimizer-state key of the embedding optimizer's schedule
 
 
-def _check_shapes(current: dict, loaded: dict, source: str):
-    missing = sorted(set(current) - set(loaded))
+def _check_shapes(shapes: dict, loaded: dict, source: str):
+    """`shapes`: {name: shape} of this run's weights; `loaded`: {name: array}."""
+    missing = sorted(set(shapes) - set(loaded))
     if missing:
         raise UserError(
             f"{source}: no weights for {', '.join(missing[:5])}; wrong model or config?"
         )
-    for name, value in current.items():
-        if tuple(value.shape) != tuple(loaded[name].shape):
+    for name, shape in shapes.items():
+        if tuple(shape) != tuple(loaded[name].shape):
             raise UserError(
                 f"{source}: {name} has shape {list(loaded[name].shape)} but the config builds "
-                f"{list(value.shape)}; train and infer with the same hyper_parameters"
+                f"{list(shape)}; train and infer with the same hyper_parameters"
             )
 
 
@@ -46,13 +48,38 @@ def _load_pickle(folder: str, name: str):
     if not os.path.exists(path):
         raise UserError(f"{folder}: no {name} (not a complete checkpoint folder)")
     try:
-        return paddle.load(path)
+        return paddle.load(path, return_numpy=True)
     except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
         raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
 def load_params_file(folder: str) -> dict:
     return {k: np.asarray(v) for k, v in _load_pickle(folder, PARAMS_FILE).items()}
+
+
+class _Fetched:
+    """An array copied out of Paddle only while it is being written (see `_write_pickle`)."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+
+    def __reduce_ex__(self, protocol):
+        return self.fetch().__reduce_ex__(protocol)
+
+
+def _write_pickle(path: str, values: dict):
+    """Write `values` as `paddle.save` would (a pickled dict that `paddle.load` reads), holding
+    at most one copy of one array at a time: a value may be a function returning the array.
+
+    `paddle.save` pickles with protocol 4, for which numpy copies an array into a bytes object,
+    after `get_params()` has copied every tensor: an embedding table and its optimizer slots
+    (1.4 GB at 10M rows x 12 dims with lazy Adam) would be held two to three times over. Protocol
+    5 writes an array's own buffer, and without the pickler's memo each one is freed when written.
+    """
+    with open(path, "wb") as f:
+        pickler = pickle.Pickler(f, protocol=5)
+        pickler.fast = True  # no memo: nothing written stays referenced
+        pickler.dump({k: _Fetched(v) if callable(v) else v for k, v in values.items()})
 
 
 class _DataParallel(paddle.DataParallel):
@@ -105,17 +132,22 @@ class DygraphEngine:
             outputs = self.model.infer_forward(self.net, batch, self.config)
         return {k: outputs[k].numpy().ravel() for k in self.output_names}
 
+    def _params(self) -> dict:
+        """{structured name: function returning a copy of the weight}."""
+        return {k: v.numpy for k, v in self.net.state_dict().items()}
+
     def get_params(self) -> dict:
-        return {k: v.numpy() for k, v in self.net.state_dict().items()}
+        return {k: fetch() for k, fetch in self._params().items()}
 
     def set_params(self, params: dict, source: str = "weights"):
-        _check_shapes(self.get_params(), params, source)
-        self.net.set_state_dict({k: params[k] for k in self.net.state_dict()})
+        state = self.net.state_dict()
+        _check_shapes({k: v.shape for k, v in state.items()}, params, source)
+        self.net.set_state_dict({k: params[k] for k in state})
 
     def save(self, folder: str):
-        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
+        _write_pickle(os.path.join(folder, PARAMS_FILE), self._params())
         if self.optimizer is not None:
-            paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+            _write_pickle(os.path.join(folder, OPT_FILE), self._optimizer_state())
 
     def _optimizer_vars(self) -> dict:
         """The optimizer's state tensors, keyed `<structured param name>:<kind>` (e.g.
@@ -142,10 +174,14 @@ class DygraphEngine:
             found[ROW_LR_STATE] = self.row_optimizer.schedule
         return {k: v for k, v in found.items() if isinstance(v, paddle.optimizer.lr.LRScheduler)}
 
-    def optimizer_state(self) -> dict:
-        state = {key: var.numpy() for key, var in self._optimizer_vars().items()}
+    def _optimizer_state(self) -> dict:
+        """{key: function returning a copy of the variable, or a schedule's state}."""
+        state = {key: var.numpy for key, var in self._optimizer_vars().items()}
         state.update({key: s.state_dict() for key, s in self._schedules().items()})
         return state
+
+    def optimizer_state(self) -> dict:
+        return {k: v() if callable(v) else v for k, v in self._optimizer_state().items()}
 
     def set_optimizer_state(self, state: dict, source: str):
         params = [p for p in self.net.parameters() if p.trainable]
@@ -301,11 +337,19 @@ class StaticEngine:
     def _tensor(self, var_name: str):
         return self.scope.find_var(var_name).get_tensor()
 
+    def _fetch(self, var_name: str):
+        """A function returning a copy of the scope variable `var_name`."""
+        return lambda: np.array(self._tensor(var_name))
+
+    def _params(self) -> dict:
+        return {k: self._fetch(v) for k, v in self.param_names.items()}
+
     def get_params(self) -> dict:
-        return {k: np.array(self._tensor(v)) for k, v in self.param_names.items()}
+        return {k: fetch() for k, fetch in self._params().items()}
 
     def set_params(self, params: dict, source: str = "weights"):
-        _check_shapes(self.get_params(), params, source)
+        shapes = {k: self._tensor(v).shape() for k, v in self.param_names.items()}
+        _check_shapes(shapes, params, source)
         for k, var_name in self.param_names.items():
             self._tensor(var_name).set(np.asarray(params[k]), self.place)
 
@@ -319,21 +363,29 @@ class StaticEngine:
             found[ROW_LR_STATE] = self.row_optimizer.schedule
         return {k: v for k, v in found.items() if isinstance(v, paddle.optimizer.lr.LRScheduler)}
 
-    def optimizer_state(self) -> dict:
-        """The optimizers' variables (moments, beta powers: `<param var>_<kind>_<n>`; embedding
-        slots: `<table var>_<kind>`; the learning rate) and the schedules' positions."""
+    def _optimizer_var_names(self) -> list[str]:
+        """The optimizers' variables: moments, beta powers (`<param var>_<kind>_<n>`), embedding
+        slots (`<table var>_<kind>`) and the learning rate."""
         params = tuple(f"{v}_" for v in self.param_names.values())
-        state = {
-            name: np.array(self._tensor(name))
+        return [
+            name
             for name in self.scope.local_var_names()
             if name.startswith(params) or name.startswith("learning_rate_")
-        }
+        ]
+
+    def _optimizer_state(self) -> dict:
+        """{name: function returning a copy of the variable, or a schedule's state}."""
+        state = {name: self._fetch(name) for name in self._optimizer_var_names()}
         state.update({key: s.state_dict() for key, s in self._schedules().items()})
         return state
 
+    def optimizer_state(self) -> dict:
+        """The optimizers' variables and the schedules' positions."""
+        return {k: v() if callable(v) else v for k, v in self._optimizer_state().items()}
+
     def save(self, folder: str):
-        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
-        paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+        _write_pickle(os.path.join(folder, PARAMS_FILE), self._params())
+        _write_pickle(os.path.join(folder, OPT_FILE), self._optimizer_state())
         self.export_inference(os.path.join(folder, INFERENCE_PREFIX))
 
     def export_inference(self, prefix: str):
@@ -352,23 +404,24 @@ class StaticEngine:
     def load_training_state(self, folder: str):
         self.load(folder)
         saved = _load_pickle(folder, OPT_FILE)
-        current = self.optimizer_state()
+        schedules = self._schedules()
+        current = {name: self._tensor(name).shape() for name in self._optimizer_var_names()}
+        current.update(dict.fromkeys(schedules))
         if not set(current) <= set(saved):
             missing = sorted(set(current) - set(saved))
             raise UserError(
                 f"{folder}: optimizer state lacks {', '.join(missing[:3])}; resume with the "
                 "config the run was started with"
             )
-        schedules = self._schedules()
-        for name in current:
+        for name, shape in current.items():
             if name in schedules:
                 schedules[name].set_state_dict(saved[name])
                 continue
-            value = np.asarray(saved[name])
-            if value.shape != current[name].shape:
+            value = np.asarray(saved.pop(name))  # dropped here: one loaded array less at a time
+            if list(value.shape) != list(shape):
                 raise UserError(
                     f"{folder}: optimizer state {name} has shape {list(value.shape)}, this run "
-                    f"{list(current[name].shape)}; resume with the config the run was started with"
+                    f"{list(shape)}; resume with the config the run was started with"
                 )
             self._tensor(name).set(value, self.place)
 
