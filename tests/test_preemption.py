@@ -57,6 +57,7 @@ def test_sigterm_at_a_random_step_saves_it_and_resume_ends_as_the_uninterrupted_
 ):
     ref, save = tmp_path / "ref", tmp_path / "run"
     args = common(tmp_path, "runner.save_steps=6", "runner.keep_step_checkpoints=2")
+    args += ["hyper_parameters.cvr_tower.dropout=0.3"]  # random masks continue where they were
     code, _, err = train_in_process(capsys, *args, f"runner.model_save_path={ref}")
     assert code == 0, err
     assert not (ref / "steps").exists()  # mid-epoch checkpoints go once their epoch is saved
@@ -78,10 +79,10 @@ def test_sigterm_at_a_random_step_saves_it_and_resume_ends_as_the_uninterrupted_
     meta = checkpoint.read_meta(save / "steps" / str(stop))
     assert (meta["epoch"], meta["batch"], meta["step"]) == (epoch, batch, stop)
     # the infer tools evaluate epochs only, unless a mid-epoch checkpoint is named
-    code, out, err = train_in_process(capsys, f"runner.model_save_path={save}", tool="infer")
+    code, out, err = train_in_process(capsys, *args, f"runner.model_save_path={save}", tool="infer")
     assert code == 2 and "no checkpoint for epoch 1 in" in err
     code, out, err = train_in_process(
-        capsys, f"runner.infer_load_path={save}/steps/{stop}", tool="infer"
+        capsys, *args, f"runner.infer_load_path={save}/steps/{stop}", tool="infer"
     )
     assert code == 0 and f"epoch {epoch} batch {batch}/{BATCHES} [dygraph]: auc_ctr" in out
     # resume: the same weights and logged metrics as the run that was never stopped

@@ -11,6 +11,7 @@ import time
 import zipfile
 
 import numpy as np
+import paddle
 
 from utils import checkpoint, signals
 from utils import metrics as metrics_state
@@ -25,6 +26,7 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 BEST_FILE = "best.json"
 BEST_DIR = "best"
+RNG_FILE = "rng_state.pdstate"  # every rank's random-generator state (dropout), a pickle
 STATE_FILE = "train_state.npz"  # mid-epoch checkpoints: every rank's training metrics so far
 STOP_VOTE_STEPS = 10  # Fleet ranks agree on stopping every this many steps (see _stop_signal)
 
@@ -163,8 +165,9 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
                     _append_jsonl(metrics_path, result)
                 log(f"epoch {epoch} test: {metric_text(result)}")
             folder = checkpoint.epoch_dir(r.model_save_path, epoch)
+            rng = world.all_gather_object(paddle.get_rng_state())
             if world.is_main:
-                checkpoint.save(r.model_save_path, epoch, engine.save, meta)
+                checkpoint.save(r.model_save_path, epoch, _writer(engine, rng), meta)
                 checkpoint.remove_steps(r.model_save_path, through=step)
                 log(
                     f"epoch {epoch} done in {seconds:.1f}s ({epoch_samples / seconds:,.0f} "
@@ -213,7 +216,7 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
     the optimizer, and every rank's training metrics and loss window so far."""
     r = config.runner
     epoch, batch, n_batches, step = position
-    states = world.all_gather_object(state)
+    states = world.all_gather_object({**state, "rng": paddle.get_rng_state()})
     folder = checkpoint.step_dir(r.model_save_path, step)
     if world.is_main:
         meta = {
@@ -231,7 +234,7 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
         }
 
         def write(tmp: str):
-            engine.save(tmp)
+            _writer(engine, [s["rng"] for s in states])(tmp)
             arrays = {}
             for rank, s in enumerate(states):
                 arrays[f"{rank}.window"] = s["window"]
@@ -242,6 +245,28 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
         checkpoint.save_step(r.model_save_path, step, write, meta, r.keep_step_checkpoints)
     world.all_reduce_sum(np.zeros(1))  # no rank goes on, or exits, before it is complete
     return folder
+
+
+def _writer(engine, rng_states: list):
+    """Writes the engine's files and every rank's random-generator state (dropout masks)."""
+
+    def write(folder: str):
+        engine.save(folder)
+        paddle.save(rng_states, os.path.join(folder, RNG_FILE))
+
+    return write
+
+
+def _restore_rng(folder: str, rank: int):
+    """Continue every random draw (dropout) where the run that saved `folder` was."""
+    path = os.path.join(folder, RNG_FILE)
+    if not os.path.exists(path):  # written before this file existed: dropout differs, no more
+        return
+    try:
+        states = paddle.load(path)
+        paddle.set_rng_state(states[rank])
+    except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _load_position(folder: str, rank: int) -> dict:
@@ -288,6 +313,7 @@ def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
     meta = checkpoint.read_meta(folder)
     _check_resumable(config, engine, meta, folder, world, n_batches)
     engine.load_training_state(folder)
+    _restore_rng(folder, world.rank)
     if "batch" in meta:  # inside an epoch
         epoch, batch = meta["epoch"], meta["batch"]
         run.update(_load_position(folder, world.rank), epoch_samples=meta["epoch_samples"])
