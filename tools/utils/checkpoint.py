@@ -76,7 +76,7 @@ def save_step(root: str, step: int, write_files, meta: dict, keep: int) -> str:
     """Create `root/steps/<step>/` like `save`, then keep only the newest `keep` of them."""
     folder = _save(step_dir(root, step), write_files, meta)
     for old in saved_steps(root)[:-keep]:
-        shutil.rmtree(step_dir(root, old), ignore_errors=True)
+        remove(step_dir(root, old))
     return folder
 
 
@@ -84,9 +84,17 @@ def remove_steps(root: str, through: int):
     """Drop mid-epoch checkpoints up to global step `through` (an epoch's checkpoint has them)."""
     for step in saved_steps(root):
         if step <= through:
-            shutil.rmtree(step_dir(root, step), ignore_errors=True)
+            remove(step_dir(root, step))
     with contextlib.suppress(OSError):  # only when empty
         os.rmdir(os.path.join(root, STEPS_DIR))
+
+
+def remove(folder: str):
+    """Delete a checkpoint folder, meta.json first: killed half-way, it is no longer complete
+    (rather than complete-looking with files missing)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, META_FILE))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _save(final: str, write_files, meta: dict) -> str:
@@ -194,7 +202,9 @@ def prepare_run_folder(root: str, overwrite: bool, run_files: tuple[str, ...]):
         )
     if overwrite:
         for epoch in epochs:
-            shutil.rmtree(epoch_dir(root, epoch))
+            remove(epoch_dir(root, epoch))
+        for step in steps:
+            remove(step_dir(root, step))
         shutil.rmtree(os.path.join(root, STEPS_DIR), ignore_errors=True)
         for name in run_files:
             path = os.path.join(root, name)

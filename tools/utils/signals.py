@@ -89,7 +89,9 @@ def installed():
         yield
     finally:
         stop.reset()
-        _previous.update({s: signal.signal(s, stop.handle) for s in SIGNALS if s not in _previous})
+        for s in SIGNALS:
+            previous = signal.signal(s, stop.handle)
+            _previous.setdefault(s, previous)  # the first one found, for restore()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
