@@ -340,3 +340,18 @@ def fleet_sigterm_then_resume(tmp_path, tool, args, reference):
     assert proc.returncode == 0, logs[0][-2000:]
     assert "resuming in epoch 0 after batch 10/16 (step 10)" in logs[0]
     assert_same_run(save, reference, last_epoch=0)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("runner.save_steps=-1", "runner.save_steps must be 0 (off) or more, got -1"),
+        (
+            "runner.keep_step_checkpoints=0",
+            "runner.keep_step_checkpoints must be at least 1, got 0",
+        ),
+    ],
+)
+def test_checkpoint_keys_are_checked(tmp_path, capsys, override, message):
+    code, _, err = train_in_process(capsys, override, f"runner.model_save_path={tmp_path}")
+    assert (code, err) == (2, f"error: {message}\n")

@@ -264,9 +264,10 @@ def _restore_rng(folder: str, rank: int):
         return
     try:
         states = paddle.load(path)
-        paddle.set_rng_state(states[rank])
     except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
         raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if rank < len(states):  # an epoch's end resumed on more ranks: their draws are new anyway
+        paddle.set_rng_state(states[rank])
 
 
 def _load_position(folder: str, rank: int) -> dict:
