@@ -14,11 +14,10 @@ import numpy as np
 import paddle
 
 from utils import checkpoint, signals
-from utils import metrics as metrics_state
 from utils.data import Dataset, default_cache_dir, list_data_files
 from utils.distributed import World
 from utils.errors import UserError
-from utils.metrics import Collector, fmt
+from utils.metrics import Collector, fmt, load_metrics_state, metrics_state
 from utils.plot import plot_curves
 from utils.progress import log, progress, set_postfix
 
@@ -78,13 +77,12 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
             epoch_samples = 0
             start = run["start_batch"] if epoch == run["start_epoch"] else 0
             if start:  # resumed inside this epoch: its metrics so far, as they were
-                metrics_state.load_metrics_state(metrics, run["metrics"], run["folder"])
+                load_metrics_state(metrics, run["metrics"], run["folder"])
                 window[:] = run["window"]
                 epoch_samples = run["epoch_samples"]
             batches = dataset.batches(
                 r.train_batch_size, r.shuffle, r.seed, epoch, world.rank, world.size, True, start
             )
-            position = None
             for i, batch in enumerate(
                 progress(batches, n_batches - start, f"epoch {epoch}"), start=start
             ):
@@ -131,7 +129,7 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
                 # evaluation comes first (that one is saved as batch n_batches of n_batches)
                 due = r.save_steps and step % r.save_steps == 0 and not last
                 if due or (stopping and not (last and test_set is None)):
-                    state = {"metrics": metrics_state.metrics_state(metrics), "window": window}
+                    state = {"metrics": metrics_state(metrics), "window": window}
                     position = _save_position(
                         config,
                         engine,
