@@ -109,7 +109,9 @@ def _save(final: str, write_files, meta: dict) -> str:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise UserError(_disk_full(final, tmp, e)) from None
+            written = folder_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)  # before measuring what is free
+            raise UserError(_disk_full(final, written, e)) from None
         _move_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,12 +131,11 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def _disk_full(final: str, tmp: str, error: OSError) -> str:
+def _disk_full(final: str, written: int, error: OSError) -> str:
     """Which checkpoint, where it stopped, how much it needs and how much there is."""
     root = os.path.dirname(final)
     if os.path.basename(root) == STEPS_DIR:
         root = os.path.dirname(root)
-    written = folder_bytes(tmp)
     previous = latest(root)
     if previous is not None and folder_bytes(previous) > written:
         need = f"about {_mb(folder_bytes(previous))} (the size of {previous})"

@@ -60,7 +60,8 @@ def main(tool: str, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied, ...: the environment, not a bug
-        print(f"error: {e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except signals.Interrupted as e:
         print(e.message, file=sys.stderr)

@@ -286,8 +286,11 @@ def _load_position(folder: str, rank: int) -> dict:
 
 
 def _append_jsonl(path: str, record: dict):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a full disk: say which file (the write's error does not)
+        raise UserError(f"{path}: cannot be written ({e.strerror})") from None
 
 
 def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
