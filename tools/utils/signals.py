@@ -4,9 +4,10 @@ Paddle installs C++ handlers at import that print a "FatalError: Termination sig
 C++ traceback; `installed()` keeps both signals blocked while Paddle is imported and replaces its
 handlers with Python ones, so a signal sent at any moment reaches ours.
 
-Outside training (loading data, evaluating) there is nothing worth saving: a signal raises
-`Interrupted` at once. Inside `stop.deferred()` (the training loop) the first signal only sets
-`stop.signum`; the loop checks it after every step, writes a checkpoint and raises `Interrupted`.
+Outside training (loading data, building the model, the infer tools) there is nothing worth
+saving: a signal raises `Interrupted` at once. Inside `stop.deferred()` (the training loop, its
+end-of-epoch evaluation and checkpoint writes included) the first signal only sets `stop.signum`;
+the loop checks it after every step, writes a checkpoint and raises `Interrupted`.
 While it does, a repeated SIGTERM is ignored (launchers send it several times: Paddle's sends
 three, 0.2 s apart, before its SIGKILL 30 s later), and a second SIGINT (Ctrl-C pressed again)
 abandons the checkpoint being written; the folder is renamed into place only once complete, so
