@@ -5,7 +5,10 @@
 #                                                   otherwise download PaddleRec's 100k-row sample
 #   sh datasets/ali-ccp/run.sh --raw DIR [--out DIR] [--min-count N] [--workers N]
 #                              [--skip-bad] [--force] [--fields LIST]
-#                                                   convert the four raw Tianchi files in DIR
+#                              [--vocab OLD_OUT [--freeze-vocab]]
+#                                                   convert the four raw Tianchi files in DIR;
+#                                                   --vocab keeps OLD_OUT's feasign numbers and
+#                                                   appends new ids (day-by-day training)
 #   sh datasets/ali-ccp/run.sh --synthetic N [--out DIR] [--seed S] [--format slot|raw] ...
 #                                                   generate a synthetic data set (synthetic.py)
 #
@@ -29,7 +32,7 @@ else
 fi
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {

@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import paddle
 
-from utils import checkpoint, signals
+from utils import checkpoint, signals, warm_start
 from utils.data import Dataset, default_cache_dir, list_data_files
 from utils.distributed import World
 from utils.errors import UserError
@@ -62,6 +62,8 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
     metrics_path = os.path.join(r.model_save_path, METRICS_FILE)
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     run = _start_or_resume(config, engine, world, n_batches)
+    if r.model_init_path and "folder" not in run:  # a resumed run goes on from its own
+        warm_start.load(config, engine)
     records, tests, best, step = run["records"], run["tests"], run["best"], run["step"]
     log(
         f"training {engine.name}: epochs {run['start_epoch']}..{r.epochs - 1} x {n_batches} "
