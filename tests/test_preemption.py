@@ -349,3 +349,22 @@ def fleet_sigterm_then_resume(tmp_path, tool, args, reference):
 def test_checkpoint_keys_are_checked(tmp_path, capsys, override, message):
     code, _, err = train_in_process(capsys, override, f"runner.model_save_path={tmp_path}")
     assert (code, err) == (2, f"error: {message}\n")
+
+
+def test_a_warm_started_run_resumes_from_its_own_checkpoint_not_the_initial_weights(
+    tmp_path, capsys, monkeypatch
+):
+    args = common(tmp_path, "runner.epochs=1")
+    init = tmp_path / "init"
+    assert train_in_process(capsys, *args, f"runner.model_save_path={init}")[0] == 0
+    warm = [*args, f"runner.model_init_path={init}"]
+    ref, save = tmp_path / "ref", tmp_path / "run"
+    assert train_in_process(capsys, *warm, f"runner.model_save_path={ref}")[0] == 0
+    with monkeypatch.context() as m:
+        signal_at_step(m, engines.DygraphEngine, 5, signal.SIGTERM)
+        assert train_in_process(capsys, *warm, f"runner.model_save_path={save}")[0] == 143
+    code, out, err = train_in_process(
+        capsys, *warm, f"runner.model_save_path={save}", "runner.resume=True"
+    )
+    assert code == 0, err
+    assert_same_run(save, ref, last_epoch=0)
