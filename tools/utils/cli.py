@@ -3,6 +3,8 @@
     python tools/trainer.py -m CONFIG [-o section.key=value ...]
 
 A `UserError` (bad config, bad data, missing checkpoint) is printed as one line and exits 2.
+SIGTERM or SIGINT prints one line and exits 128 + the signal's number; while training, it first
+saves a checkpoint of the step it stopped at (`utils.signals`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def parse_args(tool: str, argv=None) -> argparse.Namespace:
 
 def main(tool: str, argv=None) -> int:
     args = parse_args(tool, argv)
+    from utils import signals
     from utils.errors import UserError
 
     try:
@@ -58,11 +61,17 @@ def main(tool: str, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permission denied, ...: the environment, not a bug
-        print(f"error: {e}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except signals.Interrupted as e:
+        print(e.message, file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        signals.restore()
 
 
 def check_reader_keys(config):
@@ -95,6 +104,11 @@ def check_reader_keys(config):
 
 
 def run(tool: str, args) -> int:
+    from utils import signals
+
+    with signals.installed():  # Paddle's import installs its C++ handlers; ours replace them
+        import paddle  # noqa: F401
+
     from utils import runtime
     from utils.config import load_config
     from utils.model_loader import load_model_module

@@ -74,7 +74,9 @@ class RunnerConfig:
     shuffle: bool = True  # shuffle training rows each epoch (seeded: same seed, same order)
     use_gpu: bool = False
     overwrite: bool = False  # allow a new run to replace checkpoints already in model_save_path
-    resume: bool = False  # continue the run in model_save_path after its last complete epoch
+    resume: bool = False  # continue the run in model_save_path from its newest checkpoint
+    save_steps: int = 0  # also checkpoint every N training steps, mid-epoch (0 = epoch ends only)
+    keep_step_checkpoints: int = 2  # how many of those mid-epoch checkpoints to keep
     use_fleet: bool = False  # data-parallel over the processes of paddle.distributed.launch
     skip_bad_lines: bool = False  # count and skip malformed data lines instead of stopping
     evaluate_each_epoch: bool = False  # trainers: evaluate test_data_dir after every epoch
@@ -97,11 +99,16 @@ class RunnerConfig:
         for key in ("epochs", "train_batch_size", "infer_batch_size", "print_interval"):
             if getattr(self, key) < 1:
                 raise UserError(f"{where}.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("cpu_threads", "inference_cpu_threads"):
+        for key in ("save_steps", "cpu_threads", "inference_cpu_threads"):
             if getattr(self, key) < 0:
                 raise UserError(
-                    f"{where}.{key} must be 0 (all cores) or more, got {getattr(self, key)}"
+                    f"{where}.{key} must be 0 ({'off' if key == 'save_steps' else 'all cores'}) "
+                    f"or more, got {getattr(self, key)}"
                 )
+        if self.keep_step_checkpoints < 1:
+            raise UserError(
+                f"{where}.keep_step_checkpoints must be at least 1, got {self.keep_step_checkpoints}"
+            )
 
 
 @dataclass

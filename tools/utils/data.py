@@ -151,10 +151,11 @@ class Dataset:
         return out
 
     def batches(
-        self, batch_size: int, shuffle=False, seed=0, epoch=0, rank=0, world=1, equal=False
+        self, batch_size: int, shuffle=False, seed=0, epoch=0, rank=0, world=1, equal=False, start=0
     ):
-        """Iterate `Batch`es, prepared in a background thread while the caller computes."""
-        plan = self.batch_indices(batch_size, shuffle, seed, epoch, rank, world, equal)
+        """Iterate `Batch`es from the `start`-th on (a resumed epoch), prepared in a background
+        thread while the caller computes."""
+        plan = self.batch_indices(batch_size, shuffle, seed, epoch, rank, world, equal)[start:]
         return prefetch((self.gather(idx) for idx in plan), depth=4)
 
     def num_batches(self, batch_size: int, rank: int = 0, world: int = 1, equal=False) -> int:

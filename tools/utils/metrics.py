@@ -94,3 +94,51 @@ class Collector:
 
 def fmt(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def metrics_state(metrics) -> dict[str, np.ndarray]:
+    """The running state of a training-metrics object as named arrays, to resume it exactly.
+
+    An object with `state_dict()` / `set_state_dict(state)` gives its own; otherwise its
+    attributes are taken: `StreamingAUC` histograms, numpy arrays and numbers.
+    """
+    if hasattr(metrics, "state_dict"):
+        return {k: np.asarray(v) for k, v in metrics.state_dict().items()}
+    state = {}
+    for name, value in vars(metrics).items():
+        if isinstance(value, StreamingAUC):
+            state[f"{name}.pos"], state[f"{name}.neg"] = value.pos.copy(), value.neg.copy()
+        elif isinstance(value, (np.ndarray, int, float)):
+            state[name] = np.array(value)
+        else:
+            raise TypeError(
+                f"{type(metrics).__name__}.{name}: cannot save a {type(value).__name__}; give "
+                "the metrics class state_dict() and set_state_dict()"
+            )
+    return state
+
+
+def load_metrics_state(metrics, state: dict, source: str):
+    """Put `metrics_state` output back into a fresh metrics object of the same class."""
+    if hasattr(metrics, "set_state_dict"):
+        metrics.set_state_dict(state)
+        return
+    expected = metrics_state(metrics)
+    if set(expected) != set(state) or any(
+        expected[k].shape != np.shape(state[k]) for k in expected
+    ):
+        from utils.errors import UserError
+
+        raise UserError(
+            f"{source}: the saved training metrics ({', '.join(sorted(state))}) do not fit "
+            f"{type(metrics).__name__} ({', '.join(sorted(expected))})"
+        )
+    for key, value in state.items():
+        name, _, part = key.partition(".")
+        target = getattr(metrics, name)
+        if part:
+            getattr(target, part)[...] = value
+        elif isinstance(target, np.ndarray):
+            target[...] = value
+        else:
+            setattr(metrics, name, type(target)(value))
