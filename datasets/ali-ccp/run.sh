@@ -4,8 +4,10 @@
 #   sh datasets/ali-ccp/run.sh                      raw/ files present: convert them;
 #                                                   otherwise download PaddleRec's 100k-row sample
 #   sh datasets/ali-ccp/run.sh --raw DIR [--out DIR] [--min-count N] [--workers N]
-#                              [--skip-bad] [--force] [--fields LIST]
-#                                                   convert the four raw Tianchi files in DIR
+#                              [--skip-bad] [--force] [--fields LIST] [--format binary|slot]
+#                                                   convert the four raw Tianchi files in DIR:
+#                                                   the binary data set the trainers read, or
+#                                                   with --format slot PaddleRec's slot text
 #   sh datasets/ali-ccp/run.sh --synthetic N [--out DIR] [--seed S] [--format slot|raw] ...
 #                                                   generate a synthetic data set (synthetic.py)
 #
@@ -29,7 +31,7 @@ else
 fi
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {

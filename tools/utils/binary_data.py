@@ -1,0 +1,185 @@
+"""The normalised binary Ali-CCP data set that `datasets/ali-ccp/convert_raw.py` writes.
+
+One folder per split, every column a flat little-endian array the data layer memory-maps:
+
+    dataset.json          format marker, row and user counts, fields and their feasign ranges,
+                          and every column's dtype and shape
+    sample_id.bin         int64 [N]
+    labels.bin            int8  [N, 2]        click, buy
+    user.bin              int32 [N]           the impression's row of the common arrays
+    item_offsets.bin      int64 [N + 1]       impression i's own feasigns are
+    item_ids.bin          int32 [T]             item_ids[item_offsets[i]:item_offsets[i + 1]]
+    common_offsets.bin    int64 [U + 1]       user u's common feasigns are
+    common_ids.bin        int32 [C]             common_ids[common_offsets[u]:common_offsets[u + 1]]
+
+Both feasign lists keep the raw order, and a feasign's field follows from its value (the
+converter numbers each field's ids as one contiguous range), so a row is exactly the slot line
+`sample_id,click,buy,<item tokens>,<common tokens>` the converter writes with `--format slot`.
+Multi-valued fields are ragged (offsets), not capped: the cap is the reader's `max_len`, a
+training setting, and the files must not depend on it.
+
+A batch is gathered without any text: the impressions' own ids (a few dozen per row) are placed
+per batch; the users' common ids (hundreds per row, each user shared by many impressions) are
+laid out once per user into a [U, width] matrix when the data set is opened, so a batch takes
+its rows from that matrix. Where an impression and its user both carry ids of one field, the
+impression's come first, as on a slot line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from utils.errors import UserError
+
+FORMAT = "ali-ccp-binary/1"
+MARKER = "dataset.json"
+_USERS_PER_CHUNK = 1 << 14
+
+
+def is_dataset(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
+
+
+class BinaryPart:
+    """One split of the binary data set, read for a reader's field layout.
+
+    Args:
+        path: the split's folder.
+        layout: `FieldLayout` (fields kept and their `max_len`).
+        label_names: must be ("click", "buy"), the columns of `labels.bin`.
+        id_limit: feasigns must be below this (None: no check); `hash_ids` folds larger ones.
+    """
+
+    def __init__(self, path, layout, label_names, id_limit=None, hash_ids=False):
+        self.path = path
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT:
+            raise UserError(
+                f"{os.path.join(path, MARKER)}: format {meta.get('format')!r}, expected {FORMAT!r}"
+                " (convert the raw data again with datasets/ali-ccp/run.sh)"
+            )
+        if tuple(label_names) != ("click", "buy"):
+            raise UserError(f"{path}: holds the labels click, buy; the reader wants {label_names}")
+        self.meta = meta
+        self.cols = {}
+        for name, (dtype, shape) in meta["columns"].items():
+            file = os.path.join(path, f"{name}.bin")
+            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if not os.path.isfile(file) or os.path.getsize(file) != want:
+                raise UserError(f"{file}: missing or not {want} bytes as dataset.json says")
+            if want == 0:
+                self.cols[name] = np.zeros(shape, dtype)
+            else:
+                self.cols[name] = np.memmap(file, dtype=dtype, mode="r", shape=tuple(shape))
+        self.layout = layout
+        self.hash_ids = hash_ids and id_limit is not None
+        self.id_limit = id_limit
+        self._fields_of_ids(layout, meta)
+        self._check_ids(id_limit)
+        self.common = self._lay_out_common()
+
+    def __len__(self) -> int:
+        return int(self.meta["rows"])
+
+    # ------------------------------------------------------------------ setup
+    def _fields_of_ids(self, layout, meta):
+        """Feasign -> layout field (-1: not in the layout), by the fields' contiguous ranges."""
+        index = {name: i for i, name in enumerate(layout.names)}
+        starts, fields, ends = [], [], []
+        for name in meta["fields"]:
+            first, last = meta["field_ranges"][name]
+            if last >= first:
+                starts.append(first)
+                ends.append(last)
+                fields.append(index.get(name, -1))
+        order = np.argsort(starts)
+        self._starts = np.array(starts, np.int64)[order]
+        self._ends = np.array(ends, np.int64)[order]
+        self._field = np.array(fields, np.int64)[order]
+        self._ranges = {n: meta["field_ranges"][n] for n in meta["fields"] if n in index}
+        offsets = np.array(layout.offsets, np.int64)
+        self._max_lens = np.array(layout.max_lens, np.int64)
+        # per column of a row: its field and its rank within the field
+        self._col_field = np.repeat(np.arange(len(layout.names)), layout.max_lens)
+        self._col_rank = np.arange(layout.width) - offsets[self._col_field]
+        self._offsets = offsets
+
+    def _check_ids(self, id_limit):
+        if id_limit is None or self.hash_ids:
+            return
+        for name, (first, last) in self._ranges.items():
+            if last >= max(first, id_limit):
+                raise UserError(
+                    f"{self.path}: field {name}: feasigns up to {last} are not below "
+                    f"hyper_parameters.sparse_feature_number={id_limit}; raise it to at least "
+                    f"{last + 1} (dataset.json: sparse_feature_number)"
+                )
+
+    def field_of(self, ids: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(self._starts, ids, side="right") - 1
+        kc = np.maximum(k, 0)
+        return np.where((k >= 0) & (ids <= self._ends[kc]), self._field[kc], -1)
+
+    def _place(self, row, ids, n_rows):
+        """Scatter `ids` of rows `row` (non-decreasing) into [n_rows, width], the first
+        `max_len` of each (row, field) in order. Returns (matrix, count per [row, field])."""
+        field = self.field_of(ids)
+        keep = field >= 0
+        row, ids, field = row[keep], ids[keep], field[keep]
+        n_fields = len(self._max_lens)
+        group = row * n_fields + field
+        order = np.argsort(group, kind="stable")
+        g = group[order]
+        first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+        rank = np.arange(len(g)) - np.repeat(first, np.diff(np.append(first, len(g))))
+        f = field[order]
+        sel = rank < self._max_lens[f]
+        out = np.zeros((n_rows, self.layout.width), np.int64)
+        out[row[order][sel], self._offsets[f[sel]] + rank[sel]] = ids[order][sel]
+        counts = np.bincount(group, minlength=n_rows * n_fields).reshape(n_rows, n_fields)
+        return out, counts
+
+    def _lay_out_common(self) -> np.ndarray:
+        """Every user's common ids in the layout: [U, width] (int32 ids)."""
+        off, ids = self.cols["common_offsets"], self.cols["common_ids"]
+        users = len(off) - 1
+        out = np.zeros((users, self.layout.width), np.int32)
+        for a in range(0, users, _USERS_PER_CHUNK):
+            z = min(a + _USERS_PER_CHUNK, users)
+            lo, hi = int(off[a]), int(off[z])
+            lens = np.diff(np.asarray(off[a : z + 1]))
+            row = np.repeat(np.arange(z - a), lens)
+            out[a:z], _ = self._place(row, np.asarray(ids[lo:hi], np.int64), z - a)
+        return out
+
+    # ------------------------------------------------------------------ batches
+    def gather(self, index: np.ndarray):
+        """Rows `index` (ascending) -> (ids [B, width] int64, labels [B, 2] int8, sample_id [B])."""
+        index = np.asarray(index, np.int64)
+        c = self.cols
+        n = len(index)
+        start = np.asarray(c["item_offsets"][index])
+        lens = np.asarray(c["item_offsets"][index + 1]) - start
+        row = np.repeat(np.arange(n), lens)
+        pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        item_ids = np.asarray(c["item_ids"][start[row] + pos], np.int64)
+        items, count = self._place(row, item_ids, n)
+        common = self.common[np.asarray(c["user"][index])]
+        # A field's columns hold the impression's ids first, then its user's.
+        shift = count[:, self._col_field]
+        src = self._col_rank[None, :] - shift
+        from_common = src >= 0
+        col = np.where(from_common, self._offsets[self._col_field][None, :] + src, 0)
+        ids = np.where(from_common, np.take_along_axis(common, col, axis=1), items)
+        if self.hash_ids:
+            big = ids >= self.id_limit
+            ids = np.where(big, 1 + (ids - 1) % (self.id_limit - 1), ids)
+        return (
+            ids.astype(np.int64),
+            np.asarray(c["labels"][index]),
+            np.asarray(c["sample_id"][index]),
+        )
