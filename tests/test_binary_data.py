@@ -89,6 +89,7 @@ OVERRIDES = [
     (),  # the 23 fields, max_len 3
     ("hyper_parameters.max_len=1",),
     ("hyper_parameters.max_len=40",),  # longer than any field: nothing capped
+    ("hyper_parameters.fields=[205,301,124,109_14]",),  # no field on both sides: the fast path
     (
         "hyper_parameters.fields=[210,101,205,109_14]",
         "hyper_parameters.field_options={210: {max_len: 5}, 109_14: {max_len: 7}}",

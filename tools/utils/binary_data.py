@@ -28,6 +28,7 @@ impression's come first, as on a slot line.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 
 import numpy as np
@@ -37,6 +38,7 @@ from utils.errors import UserError
 FORMAT = "ali-ccp-binary/1"
 MARKER = "dataset.json"
 _USERS_PER_CHUNK = 1 << 14
+RELEASE_EVERY = 64  # batches between `release` calls
 
 
 def is_dataset(path: str) -> bool:
@@ -65,7 +67,7 @@ class BinaryPart:
         if tuple(label_names) != ("click", "buy"):
             raise UserError(f"{path}: holds the labels click, buy; the reader wants {label_names}")
         self.meta = meta
-        self.cols = {}
+        self.cols, self._maps, self._batches = {}, [], 0
         for name, (dtype, shape) in meta["columns"].items():
             file = os.path.join(path, f"{name}.bin")
             want = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -74,13 +76,18 @@ class BinaryPart:
             if want == 0:
                 self.cols[name] = np.zeros(shape, dtype)
             else:
-                self.cols[name] = np.memmap(file, dtype=dtype, mode="r", shape=tuple(shape))
+                mapped = np.memmap(file, dtype=dtype, mode="r", shape=tuple(shape))
+                self._maps.append(mapped._mmap)
+                self.cols[name] = mapped.view(np.ndarray)  # no memmap bookkeeping per batch
         self.layout = layout
         self.hash_ids = hash_ids and id_limit is not None
         self.id_limit = id_limit
         self._fields_of_ids(layout, meta)
         self._check_ids(id_limit)
         self.common = self._lay_out_common()
+        # layout fields with common ids: an impression's ids of such a field shift its user's
+        self._in_common = np.zeros(len(layout.names), bool)
+        self._in_common[self._col_field[(self.common != 0).any(axis=0)]] = True
 
     def __len__(self) -> int:
         return int(self.meta["rows"])
@@ -124,10 +131,10 @@ class BinaryPart:
         kc = np.maximum(k, 0)
         return np.where((k >= 0) & (ids <= self._ends[kc]), self._field[kc], -1)
 
-    def _place(self, row, ids, n_rows):
+    def _place(self, row, ids, n_rows, field=None):
         """Scatter `ids` of rows `row` (non-decreasing) into [n_rows, width], the first
         `max_len` of each (row, field) in order. Returns (matrix, count per [row, field])."""
-        field = self.field_of(ids)
+        field = self.field_of(ids) if field is None else field
         keep = field >= 0
         row, ids, field = row[keep], ids[keep], field[keep]
         n_fields = len(self._max_lens)
@@ -162,24 +169,34 @@ class BinaryPart:
         index = np.asarray(index, np.int64)
         c = self.cols
         n = len(index)
-        start = np.asarray(c["item_offsets"][index])
-        lens = np.asarray(c["item_offsets"][index + 1]) - start
+        start = c["item_offsets"][index]
+        lens = c["item_offsets"][index + 1] - start
         row = np.repeat(np.arange(n), lens)
         pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        item_ids = np.asarray(c["item_ids"][start[row] + pos], np.int64)
-        items, count = self._place(row, item_ids, n)
-        common = self.common[np.asarray(c["user"][index])]
-        # A field's columns hold the impression's ids first, then its user's.
-        shift = count[:, self._col_field]
-        src = self._col_rank[None, :] - shift
-        from_common = src >= 0
-        col = np.where(from_common, self._offsets[self._col_field][None, :] + src, 0)
-        ids = np.where(from_common, np.take_along_axis(common, col, axis=1), items)
+        item_ids = c["item_ids"][start[row] + pos].astype(np.int64)
+        field = self.field_of(item_ids)
+        items, count = self._place(row, item_ids, n, field)
+        common = self.common[c["user"][index]]
+        if not self._in_common[field[field >= 0]].any():  # disjoint fields, as in Ali-CCP
+            ids = items
+            ids += common
+        else:  # a field's columns hold the impression's ids first, then its user's
+            shift = count[:, self._col_field]
+            src = self._col_rank[None, :] - shift
+            from_common = src >= 0
+            col = np.where(from_common, self._offsets[self._col_field][None, :] + src, 0)
+            ids = np.where(from_common, np.take_along_axis(common, col, axis=1), items)
+        self._batches += 1
+        if self._batches % RELEASE_EVERY == 0:
+            self.release()
         if self.hash_ids:
             big = ids >= self.id_limit
             ids = np.where(big, 1 + (ids - 1) % (self.id_limit - 1), ids)
-        return (
-            ids.astype(np.int64),
-            np.asarray(c["labels"][index]),
-            np.asarray(c["sample_id"][index]),
-        )
+        return ids, c["labels"][index], c["sample_id"][index]
+
+    def release(self):
+        """Drop the mapped pages from this process (they stay in the page cache). A shuffled
+        epoch touches every page of the impression columns, and mapped pages count as the
+        process's resident memory: without this it would grow to the size of the files."""
+        for m in self._maps:
+            m.madvise(mmap.MADV_DONTNEED)
