@@ -184,3 +184,50 @@ def test_training_on_either_form_gives_identical_metrics(converted, tmp_path, to
     assert from_slot[0] and from_slot[0] == from_binary[0]
     assert from_slot[1].count("\n") == meta["rows"]["test"] + 1
     assert from_slot[1] == from_binary[1]
+
+
+@pytest.mark.slow
+def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
+    """Two data-parallel processes (each rank its share of every shuffled epoch) train to the
+    same metrics, and evaluate the whole test split, from either form."""
+    import os
+    import sys
+
+    from conftest import ROOT, run_group
+
+    slot, binary, meta = converted
+    records = {}
+    for name, data in (("slot", slot), ("bin", binary)):
+        logs = tmp_path / f"log-{name}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "paddle.distributed.launch",
+            "--nproc_per_node",
+            "2",
+            "--log_dir",
+            str(logs),
+            os.path.join(ROOT, "tools", "trainer.py"),
+            "-m",
+            ESMM_CONFIG,
+            "-o",
+            "runner.use_fleet=True",
+            f"runner.train_data_dir={data / 'train_data'}",
+            f"runner.test_data_dir={data / 'test_data'}",
+            f"runner.model_save_path={tmp_path / name}",
+            f"runner.cache_dir={tmp_path / 'cache'}",
+            "runner.epochs=1",
+            "runner.train_batch_size=128",
+            "runner.evaluate_each_epoch=True",
+            f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+        ]
+        proc = run_group(cmd, timeout=300, cwd=ROOT)
+        log0 = (logs / "workerlog.0").read_text()
+        assert proc.returncode == 0, log0[-3000:]
+        assert "on each of 2 ranks" in log0
+        assert f"(samples {meta['rows']['test']:,}," in log0  # the whole split, gathered
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        records[name] = [json.loads(line) for line in lines]
+        for r in records[name]:
+            r.pop("samples_per_s")
+    assert records["slot"] and records["slot"] == records["bin"]
