@@ -67,11 +67,11 @@ def converted(tmp_path_factory):
     return root / "slot", root / "bin", meta
 
 
-def load(folder: Path, split: str, *overrides: str) -> Dataset:
+def load(folder: Path, split: str, *overrides: str, cache=None) -> Dataset:
     cfg = esmm_config(*overrides)
     reader = esmm_module("reader").Reader(cfg)
     files = list_data_files(str(folder / f"{split}_data"), f"runner.{split}_data_dir")
-    return Dataset.load(files, reader, None)
+    return Dataset.load(files, reader, None if cache is None else str(cache))
 
 
 def assert_same_batches(a: Dataset, b: Dataset, **plan):
@@ -109,6 +109,19 @@ def test_binary_batches_equal_slot_batches(converted, overrides, split):
     for rank in (0, 1):
         plan = dict(batch_size=64, shuffle=True, seed=7, epoch=2, rank=rank, world=2, equal=True)
         assert assert_same_batches(a, b, **plan) == len(a) // 2
+
+
+def test_the_users_layout_is_cached_per_layout(converted, tmp_path):
+    slot, binary, meta = converted
+    n_ids = f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"
+    cache = tmp_path / "cache"
+    want = load(slot, "train", n_ids)
+    for overrides, entries in (((), 1), ((), 1), (("hyper_parameters.max_len=5",), 2)):
+        got = load(binary, "train", n_ids, *overrides, cache=cache)
+        assert len(list(cache.glob("common-train_data-*.fields.npy"))) == entries
+        if not overrides:
+            assert assert_same_batches(want, got, batch_size=128, shuffle=True) == len(want)
+    assert not list(cache.glob(".*"))  # no half-built entry left
 
 
 def test_the_fixture_has_fields_on_both_sides(converted):

@@ -27,9 +27,12 @@ impression's come first, as on a slot line.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import mmap
 import os
+import tempfile
 
 import numpy as np
 
@@ -84,10 +87,19 @@ class BinaryPart:
         self.id_limit = id_limit
         self._fields_of_ids(layout, meta)
         self._check_ids(id_limit)
-        self.common = self._lay_out_common()
+        self.common = None  # [users, width], made by `prepare`
+
+    def prepare(self, cache_dir: str | None = None):
+        """Lay out every user's common ids for the layout, or memory-map that layout from
+        `cache_dir` (built there the first time, keyed by the data set's files and the layout)."""
+        if cache_dir is None:
+            self.common, in_common = self._lay_out_common()
+        else:
+            self.common, in_common = self._cached_common(cache_dir)
         # layout fields with common ids: an impression's ids of such a field shift its user's
-        self._in_common = np.zeros(len(layout.names), bool)
-        self._in_common[self._col_field[(self.common != 0).any(axis=0)]] = True
+        self._in_common = np.zeros(len(self.layout.names), bool)
+        self._in_common[in_common] = True
+        return self
 
     def __len__(self) -> int:
         return int(self.meta["rows"])
@@ -103,10 +115,10 @@ class BinaryPart:
                 starts.append(first)
                 ends.append(last)
                 fields.append(index.get(name, -1))
-        order = np.argsort(starts)
-        self._starts = np.array(starts, np.int64)[order]
-        self._ends = np.array(ends, np.int64)[order]
-        self._field = np.array(fields, np.int64)[order]
+        # one byte per feasign: its layout field (-1: none); a gather, not a search, per id
+        self._field_table = np.full(max(ends, default=0) + 1, -1, np.int8)
+        for first, last, f in zip(starts, ends, fields, strict=True):
+            self._field_table[first : last + 1] = f
         self._ranges = {n: meta["field_ranges"][n] for n in meta["fields"] if n in index}
         offsets = np.array(layout.offsets, np.int64)
         self._max_lens = np.array(layout.max_lens, np.int64)
@@ -127,11 +139,10 @@ class BinaryPart:
                 )
 
     def field_of(self, ids: np.ndarray) -> np.ndarray:
-        k = np.searchsorted(self._starts, ids, side="right") - 1
-        kc = np.maximum(k, 0)
-        return np.where((k >= 0) & (ids <= self._ends[kc]), self._field[kc], -1)
+        """Layout field of each feasign (int64; -1: a field the layout leaves out)."""
+        return self._field_table[ids].astype(np.int64)
 
-    def _place(self, row, ids, n_rows, field=None):
+    def _place(self, row, ids, n_rows, field=None, dtype=np.int64, counts=True):
         """Scatter `ids` of rows `row` (non-decreasing) into [n_rows, width], the first
         `max_len` of each (row, field) in order. Returns (matrix, count per [row, field])."""
         field = self.field_of(ids) if field is None else field
@@ -141,27 +152,74 @@ class BinaryPart:
         group = row * n_fields + field
         order = np.argsort(group, kind="stable")
         g = group[order]
-        first = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-        rank = np.arange(len(g)) - np.repeat(first, np.diff(np.append(first, len(g))))
+        starts = np.concatenate(([True], g[1:] != g[:-1]))
+        rank = np.arange(len(g)) - np.maximum.accumulate(np.where(starts, np.arange(len(g)), 0))
         f = field[order]
         sel = rank < self._max_lens[f]
-        out = np.zeros((n_rows, self.layout.width), np.int64)
+        out = np.zeros((n_rows, self.layout.width), dtype)
         out[row[order][sel], self._offsets[f[sel]] + rank[sel]] = ids[order][sel]
-        counts = np.bincount(group, minlength=n_rows * n_fields).reshape(n_rows, n_fields)
-        return out, counts
+        if not counts:
+            return out, None
+        return out, np.bincount(group, minlength=n_rows * n_fields).reshape(n_rows, n_fields)
 
-    def _lay_out_common(self) -> np.ndarray:
-        """Every user's common ids in the layout: [U, width] (int32 ids)."""
+    def _lay_out_common(self, out=None) -> tuple[np.ndarray, np.ndarray]:
+        """Every user's common ids in the layout, [U, width] int32 (into `out` if given), and
+        the layout fields that have any."""
         off, ids = self.cols["common_offsets"], self.cols["common_ids"]
         users = len(off) - 1
-        out = np.zeros((users, self.layout.width), np.int32)
+        if out is None:
+            out = np.zeros((users, self.layout.width), np.int32)
+        seen = np.zeros(len(self._max_lens), bool)
         for a in range(0, users, _USERS_PER_CHUNK):
             z = min(a + _USERS_PER_CHUNK, users)
             lo, hi = int(off[a]), int(off[z])
-            lens = np.diff(np.asarray(off[a : z + 1]))
-            row = np.repeat(np.arange(z - a), lens)
-            out[a:z], _ = self._place(row, np.asarray(ids[lo:hi], np.int64), z - a)
-        return out
+            row = np.repeat(np.arange(z - a, dtype=np.int32), np.diff(off[a : z + 1]))
+            chunk = ids[lo:hi]
+            field = self.field_of(chunk)
+            seen[field[field >= 0]] = True
+            out[a:z], _ = self._place(row, chunk, z - a, field, np.int32, counts=False)
+        return out, np.flatnonzero(seen)
+
+    def _cached_common(self, cache_dir: str) -> tuple[np.ndarray, np.ndarray]:
+        files = [
+            os.path.join(self.path, f) for f in (MARKER, "common_ids.bin", "common_offsets.bin")
+        ]
+        key = {
+            "format": FORMAT,
+            "path": os.path.abspath(self.path),
+            "files": [(os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files],
+            "layout": self.layout.to_dict(),
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        name = os.path.join(cache_dir, f"common-{os.path.basename(self.path)}-{digest}")
+        if not os.path.exists(name + ".npy"):
+            try:
+                os.makedirs(cache_dir, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".building-", suffix=".npy", dir=cache_dir)
+                os.close(fd)
+            except OSError as e:
+                raise UserError(
+                    f"cannot write the data cache in {cache_dir} ({e.strerror}); set "
+                    "runner.cache_dir to a writable folder or runner.use_cache=False"
+                ) from None
+            try:
+                users = len(self.cols["common_offsets"]) - 1
+                shape = (users, self.layout.width)
+                out = np.lib.format.open_memmap(tmp, "w+", np.int32, shape)
+                _, in_common = self._lay_out_common(out)
+                out.flush()
+                del out
+                np.save(tmp[:-4] + ".fields.npy", in_common)
+                os.replace(tmp[:-4] + ".fields.npy", name + ".fields.npy")
+                os.replace(tmp, name + ".npy")  # last: its presence means the entry is whole
+            finally:
+                for leftover in (tmp, tmp[:-4] + ".fields.npy"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(leftover)
+        common = np.load(name + ".npy", mmap_mode="r")
+        if common.size:
+            self._maps.append(common._mmap)
+        return common.view(np.ndarray), np.load(name + ".fields.npy")
 
     # ------------------------------------------------------------------ batches
     def gather(self, index: np.ndarray):

@@ -104,8 +104,8 @@ class Dataset:
         """`workers`: processes that parse one file into the cache (None = the usable cores)."""
         parts, stats = [], ReadStats()
         for path in files:
-            if binary_data.is_dataset(path):  # memory-mapped as it is: no text, no cache
-                part, info = _open_binary(path, reader)
+            if binary_data.is_dataset(path):  # memory-mapped as it is: no text pass
+                part, info = _open_binary(path, reader, cache_dir)
             elif cache_dir is None:
                 part, info = _read_into_memory(path, reader)
             else:
@@ -202,13 +202,14 @@ def _empty_info() -> dict:
     return {"rows": 0, "bad_lines": 0, "bad_examples": [], "filtered": {}}
 
 
-def _open_binary(path: str, reader) -> tuple[binary_data.BinaryPart, dict]:
+def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinaryPart, dict]:
+    """A binary data set; `cache_dir` keeps its users' common ids laid out for the reader."""
     open_binary = getattr(reader, "open_binary", None)
     if open_binary is None:
         raise UserError(
             f"{path} is a binary data set, which the reader {type(reader).__module__} cannot read"
         )
-    part = open_binary(path)
+    part = open_binary(path).prepare(cache_dir)
     info = _empty_info()
     info["rows"] = len(part)
     return part, info
