@@ -1303,7 +1303,7 @@ class _ArrayFile:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
     def write(self, data):
-        data = memoryview(np.ascontiguousarray(data)).cast("B")
+        data = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))  # may be empty
         while data:
             try:
                 data = data[os.write(self.fd, data) :]
