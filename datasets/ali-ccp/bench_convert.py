@@ -194,10 +194,11 @@ def read_probe(folder: str, cache: str, n_ids: int) -> dict:
     return {"rows": n, "load_s": load_s, "gather_rows_per_s": n / gather_s}
 
 
-def read_and_train(raw: Path, work: Path, workers: int, runs: int) -> list[dict]:
-    """The data layer on both forms of the same data: load + shuffled gather (binary; slot from
-    a cold and from a warm cache) and a one-epoch dygraph training run, each in a fresh process
-    (peak RSS via wait4), interleaved `runs` times."""
+def read_and_train(raw: Path, work: Path, workers: int, runs: int, train=True) -> list[dict]:
+    """The data layer on both forms of the same data: load + shuffled gather (binary from a
+    cold and a warm cache of its users' layout; slot from a cold and a warm parsed-data cache)
+    and, with `train`, a one-epoch dygraph training run, each in a fresh process (peak RSS via
+    wait4), interleaved `runs` times."""
     forms = {}
     for fmt in ("binary", "slot"):
         forms[fmt] = work / f"form-{fmt}"
@@ -206,16 +207,16 @@ def read_and_train(raw: Path, work: Path, workers: int, runs: int) -> list[dict]
     here = [sys.executable, str(Path(__file__).resolve())]
     rows = []
     for _ in range(runs):
-        for kind in ("binary", "slot-cold", "slot-warm"):
+        for kind in ("binary-cold", "binary-warm", "slot-cold", "slot-warm"):
             fmt = kind.split("-")[0]
             cache = work / "read-cache"
-            if kind == "slot-cold":
+            if kind.endswith("cold"):
                 shutil.rmtree(cache, ignore_errors=True)
             folder = forms[fmt] / "train_data"
             cmd = [*here, "--read-probe", str(folder), str(cache), str(n_ids)]
             out, wall, rss = _measured(cmd)
             rows.append({"what": f"read {kind}", "wall": wall, "rss_mb": rss, **json.loads(out)})
-        for kind in ("binary", "slot-warm"):
+        for kind in ("binary-warm", "slot-warm") if train else ():
             fmt = kind.split("-")[0]
             save = work / "train-out"
             shutil.rmtree(save, ignore_errors=True)
@@ -254,8 +255,8 @@ def main(argv=None) -> int:
                     help=f"converter arguments of the baseline runs (default: {BASELINE!r})")  # fmt: skip
     ap.add_argument("--no-baseline", action="store_true", help="do not also time the baseline")
     ap.add_argument("--train", action="store_true",
-                    help="at the largest scale, also time the data layer and a one-epoch training "
-                    "run on the binary and the slot form (warm cache)")  # fmt: skip
+                    help="also time the data layer on the binary and the slot form, and at the "
+                    "largest scale a one-epoch training run on each (warm caches)")  # fmt: skip
     ap.add_argument("--read-probe", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.read_probe:
@@ -336,8 +337,9 @@ def main(argv=None) -> int:
                     f"speed-up {base_wall / wall:.2f}x",
                     flush=True,
                 )
-            if args.train and scale == scales[-1]:
-                for row in read_and_train(raw, work, args.workers, args.runs):
+            if args.train:  # reading at every scale, training at the largest
+                rows = read_and_train(raw, work, args.workers, args.runs, scale == scales[-1])
+                for row in rows:
                     print(f"x{scale:g}: " + json.dumps({k: round(v, 3) if isinstance(v, float)
                           else v for k, v in row.items()}), flush=True)  # fmt: skip
             shutil.rmtree(raw)
