@@ -244,3 +244,32 @@ def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
         for r in records[name]:
             r.pop("samples_per_s")
     assert records["slot"] and records["slot"] == records["bin"]
+
+
+@pytest.mark.slow
+def test_resuming_on_the_binary_form_finishes_the_same_run(converted, tmp_path):
+    """The epoch order is seeded by (seed, epoch) whatever the form: an interrupted run resumed
+    on the binary data set logs what the uninterrupted one does."""
+    from utils.cli import main
+
+    _, binary, meta = converted
+
+    def run(save, epochs, *extra):
+        opts = [
+            f"runner.train_data_dir={binary / 'train_data'}",
+            f"runner.test_data_dir={binary / 'test_data'}",
+            f"runner.model_save_path={save}",
+            f"runner.cache_dir={tmp_path / 'cache'}",
+            f"runner.epochs={epochs}",
+            "runner.shuffle=True",
+            "runner.train_batch_size=128",
+            f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+        ]
+        assert main("trainer", ["-m", ESMM_CONFIG, "-o", *opts, *extra]) == 0
+        lines = (save / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "samples_per_s"} for x in lines]
+
+    whole = run(tmp_path / "whole", 3)
+    run(tmp_path / "resumed", 1)
+    assert run(tmp_path / "resumed", 3, "runner.resume=True") == whole
+    assert {r["epoch"] for r in whole} == {0, 1, 2}
