@@ -138,9 +138,8 @@ def binary_as_slot(folder: Path) -> list[str]:
         name: np.fromfile(folder / f"{name}.bin", dtype).reshape(shape)
         for name, (dtype, shape) in meta["columns"].items()
     }
-    field_of = {}
-    for f, (first, last) in meta["field_ranges"].items():
-        field_of.update({i: f for i in range(first, last + 1)})
+    field_of = {i: meta["fields"][f] for i, f in enumerate(col["feasign_field"]) if f != 255}
+    assert col["feasign_field"][0] == 255 and len(field_of) == meta["sparse_feature_number"] - 1
 
     def tokens(ids):
         return [f"{field_of[int(i)]}:{int(i)}" for i in ids]

@@ -1920,7 +1920,8 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
         if not slot:
             folder = tmp / f"{split}_data"
             try:
-                _join_parts(folder, [t[3] for t, _ in mine], common_parts[split], meta, fields)
+                parts = [t[3] for t, _ in mine]
+                _join_parts(folder, parts, common_parts[split], meta, fields, _S["vocab"])
             except OSError as e:
                 raise ConvertError(_io_message(e)) from None
             meta["splits"][split]["files"] = sorted(
@@ -1965,7 +1966,7 @@ def _build_index(results, path, skip_bad, meta):
     return (sh, order.astype(np.int64)), len(hashes)
 
 
-def _join_parts(folder, parts, common, meta, fields):
+def _join_parts(folder, parts, common, meta, fields, numbered):
     """Append the skeleton parts' columns, in file order, and the common rows into one binary
     data set in `folder` (the layout is described in doc/data.md and tools/utils/binary_data.py).
     """
@@ -1989,6 +1990,13 @@ def _join_parts(folder, parts, common, meta, fields):
             out["common_offsets"].write(n_common + np.cumsum(lens, dtype=np.int64))
             n_common += int(np.sum(lens))
             os.remove(path)
+        # The field of every feasign (index into `fields`; 255 for the padding 0): the reader
+        # needs no assumption about how feasigns are numbered.
+        field = np.full(len(numbered) + 1, 255, np.uint8)
+        field[1:] = numbered >> KEY_SHIFT
+        out["feasign_field"] = _ArrayFile(folder / "feasign_field.bin")
+        stack.callback(out["feasign_field"].close)
+        out["feasign_field"].write(field)
     n = (folder / "user.bin").stat().st_size // 4
     users = (folder / "common_offsets.bin").stat().st_size // 8 - 1
     info = {
@@ -2006,6 +2014,7 @@ def _join_parts(folder, parts, common, meta, fields):
             "item_ids": ["int32", [n_items]],
             "common_offsets": ["int64", [users + 1]],
             "common_ids": ["int32", [n_common]],
+            "feasign_field": ["uint8", [len(numbered) + 1]],
         },
     }
     with open(folder / "dataset.json", "w", encoding="utf-8") as f:

@@ -11,9 +11,11 @@ One folder per split, every column a flat little-endian array the data layer mem
     item_ids.bin          int32 [T]             item_ids[item_offsets[i]:item_offsets[i + 1]]
     common_offsets.bin    int64 [U + 1]       user u's common feasigns are
     common_ids.bin        int32 [C]             common_ids[common_offsets[u]:common_offsets[u + 1]]
+    feasign_field.bin     uint8 [V]           the field of feasign v (index into `fields`;
+                                              255 for the padding feasign 0)
 
-Both feasign lists keep the raw order, and a feasign's field follows from its value (the
-converter numbers each field's ids as one contiguous range), so a row is exactly the slot line
+Both feasign lists keep the raw order, and a feasign's field is looked up in
+`feasign_field.bin` (no assumption about how feasigns are numbered), so a row is exactly the slot line
 `sample_id,click,buy,<item tokens>,<common tokens>` the converter writes with `--format slot`.
 Multi-valued fields are ragged (offsets), not capped: the cap is the reader's `max_len`, a
 training setting, and the files must not depend on it.
@@ -106,20 +108,19 @@ class BinaryPart:
 
     # ------------------------------------------------------------------ setup
     def _fields_of_ids(self, layout, meta):
-        """Feasign -> layout field (-1: not in the layout), by the fields' contiguous ranges."""
+        """Feasign -> layout field (-1: not in the layout), from `feasign_field.bin`."""
         index = {name: i for i, name in enumerate(layout.names)}
-        starts, fields, ends = [], [], []
-        for name in meta["fields"]:
-            first, last = meta["field_ranges"][name]
-            if last >= first:
-                starts.append(first)
-                ends.append(last)
-                fields.append(index.get(name, -1))
-        # one byte per feasign: its layout field (-1: none); a gather, not a search, per id
-        self._field_table = np.full(max(ends, default=0) + 1, -1, np.int8)
-        for first, last, f in zip(starts, ends, fields, strict=True):
-            self._field_table[first : last + 1] = f
-        self._ranges = {n: meta["field_ranges"][n] for n in meta["fields"] if n in index}
+        to_layout = np.full(256, -1, np.int8)  # data set field index -> layout field
+        for i, name in enumerate(meta["fields"]):
+            to_layout[i] = index.get(name, -1)
+        # one byte per feasign: its layout field; a gather, not a search, per id
+        self._field_table = to_layout[self.cols["feasign_field"]]
+        # the largest feasign of each layout field the data set has
+        self._ranges = {}
+        for f, name in enumerate(layout.names):
+            ids = np.flatnonzero(self._field_table == f)
+            if len(ids):
+                self._ranges[name] = (int(ids[0]), int(ids[-1]))
         offsets = np.array(layout.offsets, np.int64)
         self._max_lens = np.array(layout.max_lens, np.int64)
         # per column of a row: its field and its rank within the field
