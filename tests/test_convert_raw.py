@@ -354,6 +354,67 @@ def test_tiny_exact_output(tmp_path):
     assert meta["splits"]["train"]["common_rows"] == 2
 
 
+def next_day_raw(d: Path) -> Path:
+    """Day 2 after `tiny_raw`: known ids again, plus 109_14:777, 205:999 and 301:3, new."""
+    u3 = [item("101", 12), item("124", 2), item("109_14", 777)]
+    row = skel_line(20, 1, 0, "cc", [item("205", 7), item("205", 999), item("301", 3)])
+    return write_raw(
+        d,
+        {
+            "common_features_train.csv": common_line("cc", u3),
+            "sample_skeleton_train.csv": row,
+            "common_features_test.csv": common_line("dd", u3[:2] + [item("109_14", 888)]),
+            "sample_skeleton_test.csv": skel_line(30, 0, 0, "dd", [item("205", 9)]),
+        },
+    )
+
+
+@pytest.mark.parametrize("jit", KERNELS)
+def test_an_extended_vocabulary_keeps_old_feasigns_and_appends_new_ones(tmp_path, jit):
+    day1 = cr.convert(tiny_raw(tmp_path / "raw1"), tmp_path / "d1", workers=1, progress=False)
+    assert day1["vocab"]["new"] == 10 and day1["vocab"]["base"] is None
+    lines = (tmp_path / "d1" / "vocab.txt").read_text().splitlines()
+    assert lines[:2] == ["101:11", "101:12"] and lines[6] == "205:7" and len(lines) == 10
+    raw2 = next_day_raw(tmp_path / "raw2")
+    args = dict(workers=2, progress=False, jit=jit)
+    meta = cr.convert(raw2, tmp_path / "d2", vocab=tmp_path / "d1", **args)
+    # 101:12 -> 2, 124:2 -> 4, 205:7 -> 7 as on day 1; new pairs appended in field order
+    assert read_out(tmp_path / "d2", "train") == [
+        "20,1,0,205:7,205:12,301:13,101:2,124:4,109_14:11"
+    ]
+    assert read_out(tmp_path / "d2", "test") == ["30,0,0,205:8,101:2,124:4"]
+    assert meta["vocab"] == {
+        "base": str(tmp_path / "d1"), "kept": 10, "new": 3, "frozen": False, "file": "vocab.txt"
+    }  # fmt: skip
+    assert meta["sparse_feature_number"] == 14 and "field_ranges" not in meta
+    lines2 = (tmp_path / "d2" / "vocab.txt").read_text().splitlines()
+    assert lines2 == lines + ["109_14:777", "205:999", "301:3"]
+    # frozen: nothing appended, new pairs are unseen (for evaluation data)
+    meta = cr.convert(raw2, tmp_path / "d3", vocab=tmp_path / "d1" / "vocab.txt",
+                      freeze_vocab=True, **args)  # fmt: skip
+    assert read_out(tmp_path / "d3", "train") == ["20,1,0,205:7,101:2,124:4"]
+    assert meta["vocab"]["new"] == 0 and meta["sparse_feature_number"] == 11
+
+
+def test_vocab_option_errors(tmp_path, capsys):
+    raw = tiny_raw(tmp_path / "raw")
+    base = ["--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]
+    assert cr.main(base + ["--vocab", str(tmp_path / "none")]) == 2
+    assert "--vocab: " in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("101:1\n999:2\n")
+    assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
+    assert "v.txt:2: field 999 is not converted" in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("101:1\n101:x1\n")
+    assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
+    assert "v.txt:2: expected field:feature_id, got '101:x1'" in capsys.readouterr().err
+    (tmp_path / "v.txt").write_text("101:1\n205:3\n101:1\n")
+    assert cr.main(base + ["--vocab", str(tmp_path / "v.txt")]) == 2
+    assert "appears on two lines" in capsys.readouterr().err
+    assert cr.main(base + ["--freeze-vocab"]) == 2
+    assert "--freeze-vocab needs --vocab" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("jit", KERNELS)
 def test_an_empty_split_gives_empty_output(tmp_path, jit):
     """Empty test files (no common rows, no impressions) convert to an empty test_data/; an
@@ -719,7 +780,12 @@ def test_refuses_to_overwrite_unless_forced(tmp_path, capsys):
     assert sorted(p.name for p in (out / "train_data").iterdir()) == ["part-00000.txt"]
     assert cr.main(args + ["--force"]) == 0
     assert "dataset.json" in {p.name for p in (out / "train_data").iterdir()}
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test_data", "train_data"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json",
+        "test_data",
+        "train_data",
+        "vocab.txt",
+    ]
 
 
 def test_missing_input_file(tmp_path, capsys):

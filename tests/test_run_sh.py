@@ -147,6 +147,12 @@ def test_raw_mode_passes_options_through(tmp_path):
     # The converter's own errors come through unchanged.
     proc = run_sh("--raw", str(raw), "--out", str(out), data_dir=tmp_path / "x")
     assert proc.returncode == 2 and "use --force" in proc.stderr
+    # Day by day: the next conversion keeps this one's vocabulary.
+    proc = run_sh("--raw", str(raw), "--out", str(tmp_path / "out2"), "--vocab", str(out), "--min-count", "2",
+                  data_dir=tmp_path / "x")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "out2" / "meta.json").read_text())
+    assert meta["vocab"]["kept"] == 2 and meta["vocab"]["new"] == 0
 
 
 def test_help(tmp_path):

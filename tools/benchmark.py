@@ -38,7 +38,23 @@ DOC = os.path.join(ROOT, "doc", "benchmarks.md")
 TABLE_BEGIN = "<!-- benchmark table: begin (written by tools/benchmark.py --update-doc) -->"
 TABLE_END = "<!-- benchmark table: end -->"
 PROBE_TAG = "BENCH-RESULT "
-BIG_TABLE = 737_946  # hyper_parameters.sparse_feature_number of config_bigdata.yaml
+VOCAB_BEGIN = (
+    "<!-- vocabulary table: begin (written by tools/benchmark.py --vocab ... --update-doc) -->"
+)
+VOCAB_END = "<!-- vocabulary table: end -->"
+QUALITY_BEGIN = (
+    "<!-- quality table: begin (written by tools/benchmark.py --quality --update-doc) -->"
+)
+QUALITY_END = "<!-- quality table: end -->"
+# --quality: the embedding optimizers compared on the benchmark data (dygraph, one epoch)
+QUALITY = [
+    ("dense Adam (the recipe before row-wise updates)", "{class: dense}"),
+    ("lazy_adam, optimizer's learning rate (default)", "{class: lazy_adam}"),
+    ("rowwise_adagrad, learning rate 0.05", "{class: rowwise_adagrad, learning_rate: 0.05}"),
+    ("rowwise_adagrad, learning rate 0.1", "{class: rowwise_adagrad, learning_rate: 0.1}"),
+    ("rowwise_adagrad, learning rate 0.2", "{class: rowwise_adagrad, learning_rate: 0.2}"),
+    ("lazy_adam, learning rate 0.01", "{class: lazy_adam, learning_rate: 0.01}"),
+]
 
 # (key, what is measured, unit); the order of the table
 MEASUREMENTS = [
@@ -48,21 +64,6 @@ MEASUREMENTS = [
     ("reader_warm", "reader: memory-map cache + gather every shuffled batch (warm)", "probe"),
     ("compute_dygraph", "compute only: dygraph train_step on in-memory batches", "probe"),
     ("compute_static", "compute only: static train_step on in-memory batches", "probe"),
-    (
-        "compute_dygraph_sparse",
-        "(net.py idea) compute only, dygraph, sparse embedding gradients + lazy Adam",
-        "probe",
-    ),
-    (
-        "compute_dygraph_big",
-        f"compute only, dygraph, embedding of {BIG_TABLE:,} rows (config_bigdata's size)",
-        "probe",
-    ),
-    (
-        "compute_dygraph_big_sparse",
-        f"(net.py idea) same, {BIG_TABLE:,} rows, sparse gradients + lazy Adam",
-        "probe",
-    ),
     ("train_dygraph_cold", "trainer.py, 1 epoch, cold cache", "wall"),
     ("train_dygraph_warm", "trainer.py, 1 epoch, warm cache", "wall"),
     ("train_static_cold", "static_trainer.py, 1 epoch, cold cache", "wall"),
@@ -201,17 +202,11 @@ def probe(args) -> dict:
         return {"rate": n / (time.perf_counter() - start + load_s), "seconds": load_s}
     if name.startswith("compute_") and name != "compute_inference":
         static = name == "compute_static"
-        if name.endswith("_sparse"):
-            _sparse_embedding_patch()
         adapter, config, reader, place = _probe_setup(args, static)
         from utils import engines
-        from utils.config import load_config
 
         dataset = _dataset(config, reader, "train")
         batches = _in_memory_batches(dataset, config.runner.train_batch_size, args.steps, True)
-        if "_big" in name:  # a larger table for the network only (the data stay the same)
-            opts = [*args.opts, f"hyper_parameters.sparse_feature_number={BIG_TABLE}"]
-            config = load_config(CONFIG, opts, adapter.DygraphModel.hyper_parameters_class)
         if static:
             engine = engines.StaticEngine(adapter, config, training=True, place=place)
         else:
@@ -231,24 +226,6 @@ def probe(args) -> dict:
     if name in ("baseline_train", "baseline_eval"):
         return baseline(args, train=name == "baseline_train")
     raise SystemExit(f"unknown probe {name}")
-
-
-def _sparse_embedding_patch():
-    """A change to net.py measured without editing it: every `nn.Embedding` gets sparse
-    (row-wise) gradients and Adam updates only the rows a batch touched (`lazy_mode`)."""
-    import paddle
-
-    embedding_init = paddle.nn.Embedding.__init__
-    adam_init = paddle.optimizer.Adam.__init__
-
-    def sparse_embedding(self, *a, **kw):
-        embedding_init(self, *a, **{**kw, "sparse": True})
-
-    def lazy_adam(self, *a, **kw):
-        adam_init(self, *a, **{**kw, "lazy_mode": True})
-
-    paddle.nn.Embedding.__init__ = sparse_embedding
-    paddle.optimizer.Adam.__init__ = lazy_adam
 
 
 def baseline(args, train: bool) -> dict:
@@ -340,17 +317,18 @@ class Bench:
         )
 
     def run_probe(self, key: str, save: str, run: int, extra=()):
+        """Run probe `key` (or the probe before the `@` of `key`) with `extra` config overrides."""
         log_path = os.path.join(self.logs, f"{key}-{run}.log")
         load = load_avg()
         cmd = [
             sys.executable,
             os.path.abspath(__file__),
             "--probe",
-            key,
+            key.split("@")[0],
             "--steps",
             str(self.args.steps),
         ]
-        cmd += [*extra, "--opts", *self.opts(save)]
+        cmd += ["--opts", *self.opts(save), *extra]
         wall, rss, text = run_process(cmd, log_path)
         line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
         result = json.loads(line[len(PROBE_TAG) :])
@@ -394,13 +372,6 @@ class Bench:
                 self.run_probe("reader_cold", "out-reader", run)
             if want("reader_warm"):
                 self.run_probe("reader_warm", "out-reader", run)
-            for key in (
-                "compute_dygraph_sparse",
-                "compute_dygraph_big",
-                "compute_dygraph_big_sparse",
-            ):
-                if want(key):
-                    self.run_probe(key, "out-compute-dygraph", run)
             for engine, tool in (("dygraph", "trainer"), ("static", "static_trainer")):
                 if want(f"compute_{engine}"):
                     self.run_probe(f"compute_{engine}", f"out-compute-{engine}", run)
@@ -420,7 +391,93 @@ class Bench:
             if want("infer_dygraph_warm"):
                 self.run_tool("infer_dygraph_warm", "infer", "out-dygraph", run)
 
+    def run_vocab(self, sizes: list[int]):
+        """Compute-only and whole-process training per table size, baseline in the same run."""
+        for run in range(self.args.runs):
+            print(f"run {run + 1}/{self.args.runs}", flush=True)
+            self.run_probe("baseline_train", "out-baseline", run)
+            for rows in sizes:
+                extra = [f"hyper_parameters.sparse_feature_number={rows}"]
+                for engine, tool in (("dygraph", "trainer"), ("static", "static_trainer")):
+                    save = f"out-{engine}-{rows}"
+                    self.run_probe(f"compute_{engine}@{rows}", save, run, extra)
+                    self.run_tool(f"train_{engine}_warm@{rows}", tool, save, run, extra)
+                    shutil.rmtree(os.path.join(self.args.workdir, save), ignore_errors=True)
+
+    def vocab_table(self, sizes: list[int], dim: int) -> str:
+        base = self.median("baseline_train")
+        lines = [
+            self.heading(),
+            "",
+            "| table rows | engine | compute-only samples/s (median, min–max) | vs smallest "
+            "table | trainer, whole process samples/s (median, min–max) | vs baseline | "
+            "peak RSS MB | table + slots MB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for engine in ("dygraph", "static"):
+            first = self.median(f"compute_{engine}@{sizes[0]}")
+            for rows in sizes:
+                compute = self.results.get(f"compute_{engine}@{rows}", [])
+                whole = self.results.get(f"train_{engine}_warm@{rows}", [])
+                if not compute or not whole:
+                    continue
+                c = [r["rate"] for r in compute]
+                w = [r["rate"] for r in whole]
+                state_mb = rows * dim * 4 * 3 / 2**20  # table + lazy Adam's two moments
+                lines.append(
+                    f"| {rows:,} | {engine} | {statistics.median(c):,.0f} ({min(c):,.0f}–"
+                    f"{max(c):,.0f}) | {statistics.median(c) / first:.0%} | "
+                    f"{statistics.median(w):,.0f} ({min(w):,.0f}–{max(w):,.0f}) | "
+                    f"{statistics.median(w) / base:.1f}x | "
+                    f"{max(r['rss_mb'] for r in whole):,} | {state_mb:,.0f} |"
+                )
+        lines.append(
+            f"\nBaseline (PaddleRec-style line-by-line reader, dygraph, whole process): "
+            f"{base:,.0f} samples/s (median). Load average during the runs: "
+            f"{min(r['load'] for v in self.results.values() for r in v):.1f}–"
+            f"{max(r['load'] for v in self.results.values() for r in v):.1f}."
+        )
+        return "\n".join(lines) + "\n"
+
+    def run_quality(self):
+        """Test AUCs after one epoch per embedding optimizer (seeded: one run each)."""
+        for i, (_, setting) in enumerate(QUALITY):
+            save = os.path.join(self.args.workdir, f"out-quality-{i}")
+            extra = [f"hyper_parameters.embedding_optimizer={setting}"]
+            extra += ["runner.evaluate_each_epoch=True"]
+            self.run_tool(f"quality@{i}", "trainer", f"out-quality-{i}", 0, extra)
+            with open(os.path.join(save, "metrics.jsonl")) as f:
+                test = [json.loads(x) for x in f if '"split": "test"' in x][-1]
+            self.results[f"quality@{i}"][-1]["test"] = test
+
+    def quality_table(self) -> str:
+        lines = [
+            self.heading(),
+            "",
+            "| embedding optimizer | test AUC CTR | test AUC CVR (clicked) | test AUC CTCVR | "
+            "trainer.py samples/s (incl. evaluation) |",
+            "|---|---|---|---|---|",
+        ]
+        for i, (what, _) in enumerate(QUALITY):
+            (r,) = self.results[f"quality@{i}"]
+            t = r["test"]
+            lines.append(
+                f"| {what} | {t['auc_ctr']:.4f} | {t['auc_cvr']:.4f} | {t['auc_ctcvr']:.4f} | "
+                f"{r['rate']:,.0f} |"
+            )
+        return "\n".join(lines) + "\n"
+
     # ------------------------------------------------------------------ report
+    def heading(self) -> str:
+        a = self.args
+        return (
+            f"{self.rows['train']:,} train / {self.rows['test']:,} test rows "
+            f"({self.meta.get('preset', 'default')} preset, seed 1), batch {a.batch_size}, "
+            f"{a.runs} run(s) each, runner.cpu_threads="
+            f"{a.cpu_threads if a.cpu_threads is not None else 'default'}, "
+            f"{time.strftime('%Y-%m-%d')}; {machine()}."
+        )
+
     def median(self, key: str, field: str = "rate") -> float | None:
         values = [r[field] for r in self.results.get(key, []) if r.get(field) is not None]
         return statistics.median(values) if values else None
@@ -430,11 +487,7 @@ class Bench:
         base_train = self.median("baseline_train")
         base_eval = self.median("baseline_eval")
         lines = [
-            f"{self.rows['train']:,} train / {self.rows['test']:,} test rows "
-            f"({self.meta.get('preset', 'default')} preset, seed 1), batch {a.batch_size} "
-            f"(inference {a.infer_batch_size}), {a.runs} run(s) each, "
-            f"runner.cpu_threads={a.cpu_threads if a.cpu_threads is not None else 'default'}, "
-            f"{time.strftime('%Y-%m-%d')}; {machine()}.",
+            self.heading() + f" Inference batch {a.infer_batch_size}.",
             "",
             "| measurement | samples/s (median) | spread (min–max) | wall s | in-loop samples/s | "
             "vs baseline | peak RSS MB | load avg |",
@@ -467,16 +520,18 @@ class Bench:
         return "\n".join(lines) + "\n"
 
 
-def update_doc(table: str, command: str, path: str = DOC):
+def update_doc(
+    table: str, command: str, path: str = DOC, begin: str = TABLE_BEGIN, end: str = TABLE_END
+):
     """Replace the table between the markers in doc/benchmarks.md (other sections untouched)."""
-    block = f"{TABLE_BEGIN}\nCommand: `{command}`\n\n{table}{TABLE_END}"
+    block = f"{begin}\nCommand: `{command}`\n\n{table}{end}"
     text = "# Benchmarks\n\n"
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
-    if TABLE_BEGIN in text and TABLE_END in text:
-        head, rest = text.split(TABLE_BEGIN, 1)
-        text = head + block + rest.split(TABLE_END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     with open(path, "w") as f:
@@ -499,6 +554,19 @@ def main(argv=None) -> int:
         "--workdir", default=os.path.join(tempfile.gettempdir(), "paddle-rec-bench")
     )
     parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these measurements")
+    parser.add_argument(
+        "--vocab",
+        nargs="+",
+        type=int,
+        metavar="ROWS",
+        help="instead: the table-size series (e.g. 300000 3000000 10000000 30000000): "
+        "compute-only and whole-process training per size, both engines, and the baseline",
+    )
+    parser.add_argument(
+        "--quality",
+        action="store_true",
+        help="instead: test AUCs after one epoch with each embedding optimizer",
+    )
     parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
     parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -515,8 +583,18 @@ def main(argv=None) -> int:
     print(f"data: {args.rows:,} train rows in {args.workdir}/data", flush=True)
     meta = generate(args.rows, args.workdir)
     bench = Bench(args, meta)
-    bench.run_all(set(args.only) if args.only else None)
-    table = bench.table()
+    begin, end = TABLE_BEGIN, TABLE_END
+    if args.vocab:
+        bench.run_vocab(args.vocab)
+        table = bench.vocab_table(args.vocab, dim=12)
+        begin, end = VOCAB_BEGIN, VOCAB_END
+    elif args.quality:
+        bench.run_quality()
+        table = bench.quality_table()
+        begin, end = QUALITY_BEGIN, QUALITY_END
+    else:
+        bench.run_all(set(args.only) if args.only else None)
+        table = bench.table()
     print(table)
     table_path = args.table or os.path.join(args.workdir, "table.md")
     with open(table_path, "w") as f:
@@ -525,7 +603,7 @@ def main(argv=None) -> int:
         json.dump(bench.results, f, indent=1)
     if args.update_doc:
         shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
-        update_doc(table, " ".join(["python tools/benchmark.py", *shown]))
+        update_doc(table, " ".join(["python tools/benchmark.py", *shown]), DOC, begin, end)
     return 0
 
 

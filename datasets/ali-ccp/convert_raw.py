@@ -4,7 +4,7 @@ read, or into PaddleRec's slot format.
 
     python datasets/ali-ccp/convert_raw.py --raw RAW_DIR --out OUT_DIR [--min-count N]
         [--workers N] [--skip-bad] [--force] [--fields 101,121,...] [--no-jit] [--no-direct-io]
-        [--format binary|slot]
+        [--format binary|slot] [--vocab OLD_OUT [--freeze-vocab]]
 
 Input (``RAW_DIR``): ``sample_skeleton_{train,test}.csv`` with rows
 ``sample_id,click,buy,common_feature_index,feature_num,feature_list`` and
@@ -17,7 +17,8 @@ sample id, labels, own feasigns and the row of its user's common feasigns, which
 layout in ``tools/utils/binary_data.py``). With ``--format slot``: ``part-NNNNN.txt`` files, one
 line per kept skeleton row, ``sample_id,click,buy`` then ``,field:feasign`` tokens (the
 skeleton's features in their raw order, then the user's common features in their raw order).
-Both forms hold the same rows and ids.
+Both forms hold the same rows and ids. Also ``vocab.txt`` (line n: ``field:feature_id`` of
+feasign n).
 
 What happens, in order (every step streams; nothing grows with the skeleton). Each step is a
 pool of worker processes over byte ranges (or runs of rows) of its files:
@@ -32,7 +33,9 @@ pool of worker processes over byte ranges (or runs of rows) of its files:
 3. The common train keys are counted with those reference counts as weights, so a key's count is
    the number of train impressions it occurs in, whichever file it comes from. Keys with count >=
    ``min_count`` form the vocabulary, sorted by (field order, id): feasign = rank + 1, so every
-   field gets one contiguous range and 0 stays padding (and means "unseen").
+   field gets one contiguous range and 0 stays padding (and means "unseen"). With ``--vocab``
+   the pairs of an earlier ``vocab.txt`` keep their feasigns and only new pairs are numbered,
+   after them (day-by-day training: a model trained on the earlier data means the same rows).
 4. Each common row of both splits is encoded once: its feasigns (binary), or its slot text
    (``,109_14:17,...\\n``) in a blob file on disk whose texts skeleton rows read with ``os.preadv``.
 5. Both skeletons are encoded with that one vocabulary (test ids unseen in train are not
@@ -119,6 +122,7 @@ FIELD_MEANING = {
     "301": "context: position",
 }
 SPLITS = ("train", "test")
+VOCAB_FILE = "vocab.txt"  # line n: `field:raw_feature_id` of feasign n
 SKELETON = "sample_skeleton_{}.csv"
 COMMON = "common_features_{}.csv"
 
@@ -1034,7 +1038,9 @@ def _lookup(keys):
     if len(vocab) == 0:
         return np.zeros(len(keys), np.int64)
     pos = np.minimum(_search(vocab, keys), len(vocab) - 1)
-    return np.where(vocab[pos] == keys, pos + 1, 0)
+    # a vocabulary extended from an earlier one is not numbered in key order
+    ids = _S["vocab_ids"][pos] if "vocab_ids" in _S else pos + 1
+    return np.where(vocab[pos] == keys, ids, 0)
 
 
 def _weighted_task(task, progress):
@@ -1704,8 +1710,15 @@ def convert(
     jit=None,
     direct_io=True,
     fmt="binary",
+    vocab=None,
+    freeze_vocab=False,
 ):
     """Convert the four raw Ali-CCP files in `raw_dir` into slot files in `out_dir`.
+
+    vocab: an earlier output folder (or its vocab.txt) whose feasigns keep their numbers; the
+    (field, id) pairs new in this train split (count >= min_count) are appended after them.
+    freeze_vocab: with `vocab`, append nothing (pairs not in it are written as unseen), e.g. to
+    encode evaluation data for a model trained on that vocabulary.
 
     jit: use the compiled kernels (None: if numba is installed); direct_io: write the slot files
     with O_DIRECT where the file system takes it. Neither changes a byte of the output. Returns
@@ -1726,6 +1739,9 @@ def convert(
         raise ConvertError(f"--min-count must be at least 1, got {min_count}")
     if jit and not HAVE_NUMBA:
         raise ConvertError("the compiled kernels need numba (pip install numba), or use --no-jit")
+    if freeze_vocab and vocab is None:
+        raise ConvertError("--freeze-vocab needs --vocab (the vocabulary to keep)")
+    base_vocab = read_vocab(vocab, fields) if vocab is not None else None
     workers = max(1, int(workers))
     inputs = {}
     for split in SPLITS:
@@ -1760,6 +1776,8 @@ def convert(
         "splits": {},
         "bad_lines": {},
     }
+    if base_vocab is not None:
+        _S["base_vocab"] = (base_vocab, str(vocab), bool(freeze_vocab))
     try:
         _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, meta, log)
         meta["seconds"] = round(time.time() - t0, 2)
@@ -1782,10 +1800,10 @@ def _install(tmp: Path, out_dir: Path):
     """Move the finished outputs into place; old ones (with --force) go only after that."""
     trash = tmp / "old"
     trash.mkdir()
-    for name in ("train_data", "test_data", "meta.json"):
+    for name in ("train_data", "test_data", "meta.json", VOCAB_FILE):
         if (out_dir / name).exists():
             os.replace(out_dir / name, trash / name)
-    for name in ("train_data", "test_data", "meta.json"):
+    for name in ("train_data", "test_data", "meta.json", VOCAB_FILE):
         os.replace(tmp / name, out_dir / name)
 
 
@@ -1869,14 +1887,32 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
     vocab = keys[cnt >= min_count]
     del keys, cnt
     counts.parts.clear()
+    numbered = vocab  # the keys in feasign order: feasign = position + 1
+    if "base_vocab" in _S:
+        base, source, frozen = _S.pop("base_vocab")
+        new = vocab[:0] if frozen else vocab[~np.isin(vocab, base)]
+        numbered = np.concatenate([base, new])
+        order = np.argsort(numbered, kind="stable")
+        vocab = numbered[order]
+        _S["vocab_ids"] = order + 1
+        meta["vocab"] = {"base": source, "kept": len(base), "new": len(new), "frozen": frozen}
+        log(
+            f"vocabulary: {len(base)} feasigns kept from {source}, {len(new)} new"
+            + (" (--freeze-vocab)" if frozen else "")
+        )
+    else:
+        meta["vocab"] = {"base": None, "kept": 0, "new": len(vocab), "frozen": False}
+    meta["vocab"]["file"] = VOCAB_FILE
     _S["vocab"] = vocab
     if _S["jit"]:  # built once here, shared with the forked workers
-        _S["vocab_table"] = table = _KeyTable(len(vocab))
-        table.put(vocab, np.arange(1, len(vocab) + 1), add=False)
-    if len(vocab) >= 2**31 - 1 and _S["format"] == "binary":
-        raise ConvertError(f"{len(vocab)} feasigns do not fit the binary format's int32 ids")
-    meta.update(_vocab_meta(vocab, fields))
-    log(f"vocabulary: {len(vocab)} feasigns (min_count={min_count})")
+        _S["vocab_table"] = table = _KeyTable(len(numbered))
+        table.put(numbered, np.arange(1, len(numbered) + 1), add=False)
+    meta.update(_vocab_meta(numbered, fields, contiguous="vocab_ids" not in _S))
+    write_vocab(tmp / VOCAB_FILE, numbered, fields)
+    log(f"vocabulary: {len(numbered)} feasigns (min_count={min_count})")
+    _S["numbered"] = numbered  # feasign order, for the binary data set's field table
+    if len(numbered) >= 2**31 - 1 and _S["format"] == "binary":
+        raise ConvertError(f"{len(numbered)} feasigns do not fit the binary format's int32 ids")
 
     # 4. The common rows of both splits with that vocabulary: slot text, or feasigns.
     slot = _S["format"] == "slot"
@@ -1921,7 +1957,7 @@ def _convert(inputs, tmp, work, fields, min_count, workers, skip_bad, progress, 
             folder = tmp / f"{split}_data"
             try:
                 parts = [t[3] for t, _ in mine]
-                _join_parts(folder, parts, common_parts[split], meta, fields, _S["vocab"])
+                _join_parts(folder, parts, common_parts[split], meta, fields, _S["numbered"])
             except OSError as e:
                 raise ConvertError(_io_message(e)) from None
             meta["splits"][split]["files"] = sorted(
@@ -2004,7 +2040,7 @@ def _join_parts(folder, parts, common, meta, fields, numbered):
         "rows": n,
         "users": users,
         "fields": list(fields),
-        "field_ranges": meta["field_ranges"],
+        "field_ranges": meta.get("field_ranges"),  # none for a vocabulary extended by --vocab
         "sparse_feature_number": meta["sparse_feature_number"],
         "columns": {
             "sample_id": ["int64", [n]],
@@ -2056,19 +2092,69 @@ def _split_meta(split, path, done, meta):
     meta.setdefault("dropped_noise", {})[split] = info["dropped_noise"]
 
 
-def _vocab_meta(vocab, fields):
+def _vocab_meta(vocab, fields, contiguous=True):
     per = np.bincount((vocab >> KEY_SHIFT).astype(np.int64), minlength=len(fields))
     start = np.cumsum(per) - per + 1
-    return {
+    meta = {
         "vocab_size": {
             "per_field": {f: int(n) for f, n in zip(fields, per, strict=True)},
             "total": int(len(vocab)),
         },  # fmt: skip
-        "field_ranges": {
-            f: [int(s), int(s + n - 1)] for f, s, n in zip(fields, start, per, strict=True)
-        },
         "sparse_feature_number": int(len(vocab)) + 1,
     }
+    if contiguous:  # an extended vocabulary appends new ids after the old ones: no ranges
+        meta["field_ranges"] = {
+            f: [int(s), int(s + n - 1)] for f, s, n in zip(fields, start, per, strict=True)
+        }
+    return meta
+
+
+def write_vocab(path: Path, numbered, fields):
+    """`vocab.txt`: line n is `field:raw_feature_id` of feasign n (0, padding, has no line)."""
+    names = np.asarray(fields, dtype=object)[(numbered >> KEY_SHIFT).astype(np.int64)]
+    ids = (numbered & ((1 << KEY_SHIFT) - 1)).tolist()
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for start in range(0, len(ids), 1 << 20):
+            part = slice(start, start + (1 << 20))
+            f.write("".join(f"{n}:{i}\n" for n, i in zip(names[part], ids[part], strict=True)))
+
+
+def read_vocab(path, fields) -> np.ndarray:
+    """The keys of an earlier `vocab.txt` (or of the one in folder `path`), in feasign order."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / VOCAB_FILE
+    if not path.is_file():
+        raise ConvertError(
+            f"--vocab: {path} not found (give an earlier --out folder or its {VOCAB_FILE})"
+        )
+    index = {f: i for i, f in enumerate(fields)}
+    lines = path.read_bytes().split(b"\n")  # numpy's string kernels, not a loop per line
+    if lines and not lines[-1]:
+        lines.pop()
+    field, sep, fid = np.char.partition(np.array(lines or [b""], dtype=bytes), b":").T
+    ok = (sep == b":") & np.char.isdigit(fid) & (np.char.str_len(fid) <= MAX_DIGITS)
+    if lines and not ok.all():
+        n = int(np.flatnonzero(~ok)[0])
+        raise ConvertError(
+            f"{path}:{n + 1}: expected field:feature_id, got {lines[n].decode(errors='replace')!r}"
+        )
+    names, which = np.unique(field, return_inverse=True)
+    for k, name in enumerate(names.tolist()):
+        if lines and name.decode(errors="replace") not in index:
+            n = int(np.flatnonzero(which == k)[0])
+            raise ConvertError(
+                f"{path}:{n + 1}: field {name.decode(errors='replace')} is not converted "
+                "(--fields); an extended vocabulary needs every field of the old one"
+            )
+    if not lines:
+        return np.zeros(0, np.int64)
+    field_index = np.array([index[name.decode()] for name in names.tolist()], np.int64)
+    keys = (field_index[which] << KEY_SHIFT) | fid.astype(np.int64)
+    ordered = np.sort(keys)  # (numpy 2.4's hash-based np.unique took 4x the whole read)
+    if (ordered[1:] == ordered[:-1]).any():
+        raise ConvertError(f"{path}: a field:feature_id pair appears on two lines")
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2100,6 +2186,11 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="binary",
                         help="binary: the normalised data set the trainers read (default); "
                         "slot: PaddleRec's slot text (~17x the raw input)")  # fmt: skip
+    parser.add_argument("--vocab", default=None,
+                        help="keep the feasigns of an earlier output folder (or its vocab.txt) "
+                        "and append the new (field, id) pairs of this train split")  # fmt: skip
+    parser.add_argument("--freeze-vocab", action="store_true",
+                        help="with --vocab: append nothing; pairs not in it are left out as unseen")  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the temporary output is removed; only while we
@@ -2126,6 +2217,8 @@ def _main(args) -> int:
             jit=False if args.no_jit else None,
             direct_io=not args.no_direct_io,
             fmt=args.format,
+            vocab=args.vocab,
+            freeze_vocab=args.freeze_vocab,
         )
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -2136,7 +2229,8 @@ def _main(args) -> int:
     if not args.quiet:
         print(
             f"wrote {args.out}: train {meta['rows']['train']} rows, test {meta['rows']['test']} "
-            f"rows, sparse_feature_number={meta['sparse_feature_number']} ({meta['seconds']}s)",
+            f"rows, sparse_feature_number={meta['sparse_feature_number']} "
+            f"({meta['vocab']['new']} new feasigns; {meta['seconds']}s)",
             file=sys.stderr,
         )
     return 0

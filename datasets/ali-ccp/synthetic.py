@@ -52,7 +52,9 @@ World (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are inde
   fields are the distinct categories/shops/brands/nodes of those items, most frequent first (in raw
   output the value is ``log(1 + count)``). Histories are a partial, noisy view of ``u``.
 
-Impressions, in time order (train first, then test: "test = later impressions").
+Impressions, in time order (train first, then test: "test = later impressions"). ``--day D``
+draws another day's sessions, impressions and labels from the same world (day 0 is the default
+output, byte for byte).
 
 * Sessions: a user drawn by visit frequency and a geometric number of impressions (mean
   ``session_mean``). In raw output a session is one ``common_feature_index`` row.
@@ -211,8 +213,12 @@ STREAMS = {
 }
 
 
-def _rng(seed: int, stream: str) -> np.random.Generator:
-    return np.random.default_rng([seed, STREAMS[stream]])
+DAY_ID_STRIDE = 10**9  # day d's sample ids start at d * DAY_ID_STRIDE + 1
+
+
+def _rng(seed: int, stream: str, day: int = 0) -> np.random.Generator:
+    # day 0 keeps the seeding of the single-day generator (same seed, same bytes as before)
+    return np.random.default_rng([seed, STREAMS[stream]] + ([day] if day else []))
 
 
 def resolve_params(n_train: int, preset: str = "default", **params) -> dict:
@@ -635,8 +641,8 @@ def _raw_id(field: str, idx):
 class Writer:
     """Formats users, items and impressions in the slot or raw layout."""
 
-    def __init__(self, world: World, fmt: str, seed: int):
-        self.world, self.fmt, self.seed = world, fmt, seed
+    def __init__(self, world: World, fmt: str, seed: int, day: int = 0):
+        self.world, self.fmt, self.seed, self.day = world, fmt, seed, day
         self.ranges = field_ranges(world.p)
         if fmt == "slot":
             self.user_str = self._slot_users()
@@ -784,7 +790,8 @@ class Writer:
         return "".join(out)
 
     def session_key(self, session: int) -> str:
-        return hashlib.md5(f"aliccp-synthetic:{self.seed}:{session}".encode()).hexdigest()
+        day = f":{self.day}" if self.day else ""  # sessions of different days never collide
+        return hashlib.md5(f"aliccp-synthetic:{self.seed}{day}:{session}".encode()).hexdigest()
 
     def common_lines(self, sessions: np.ndarray, users: np.ndarray) -> str:
         us, num = self.user_str, self.user_num
@@ -815,9 +822,15 @@ def generate(
     preset: str = "default",
     split_dirs: tuple[str, str] = ("train_data", "test_data"),
     verbose: bool = False,
+    day: int = 0,
     **params,
 ) -> dict:
     """Write a synthetic Ali-CCP train/test pair to ``out_dir``; returns the meta dict written.
+
+    ``day``: the same world (users, items, tastes: everything drawn from ``seed``, ``n_train``,
+    the preset and ``params``, so keep those equal) on another day: new sessions, impressions and
+    labels, sample ids from ``day * DAY_ID_STRIDE + 1``.
+    Consecutive days are the data of day-by-day training (README, "Day by day").
 
     ``params`` override the preset's generator parameters (see ``PARAMS``); ``fmt`` is ``"slot"``
     (``files`` parts per split, in ``out_dir/split_dirs[0]`` and ``out_dir/split_dirs[1]``) or
@@ -826,8 +839,8 @@ def generate(
     t0 = time.time()
     if fmt not in ("slot", "raw"):
         raise ValueError(f"fmt must be 'slot' or 'raw', not {fmt!r}")
-    if n_train < 1 or files < 1 or test_ratio < 0:
-        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0")
+    if n_train < 1 or files < 1 or test_ratio < 0 or day < 0:
+        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0, day >= 0")
     p = resolve_params(n_train, preset, **params)
     n_test = int(round(n_train * test_ratio))
     log = print if verbose else (lambda *a, **k: None)
@@ -837,26 +850,27 @@ def generate(
     log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={a_ctr:.3f} alpha_cvr={a_cvr:.3f}")
 
     n_total = n_train + n_test
-    rng = _rng(seed, "timeline")
+    rng = _rng(seed, "timeline", day)
     session, users = _timeline(world, n_total, rng)
     items = world.sample_items(users, rng)
     feats = _features(world, users, items, rng)
     pctr = np.round(_sigmoid(a_ctr + feats["click_logit"]), 8)
     pcvr = np.round(_sigmoid(a_cvr + feats["buy_logit"]), 8)
     del feats["click_logit"], feats["buy_logit"]
-    lab = _rng(seed, "labels")
+    lab = _rng(seed, "labels", day)
     click = lab.random(n_total) < pctr
     buy = click & (lab.random(n_total) < pcvr)
-    entire = _rng(seed, "entire").random(n_total) < pcvr
+    entire = _rng(seed, "entire", day).random(n_total) < pcvr
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(world, fmt, seed)
+    writer = Writer(world, fmt, seed, day)
     ranges = writer.ranges
     meta = {
         "generator": "datasets/ali-ccp/synthetic.py",
         "format": fmt,
         "seed": seed,
+        **({"day": day} if day else {}),  # day 0's meta stays as the single-day generator's
         "preset": preset,
         "n_train": n_train,
         "test_ratio": test_ratio,
@@ -869,13 +883,14 @@ def generate(
         "field_ranges": {f: list(r) for f, r in ranges.items()},
         "splits": {},
     }
-    noise_rng = _rng(seed, "noise")
-    next_noise_id = n_total + 1
+    noise_rng = _rng(seed, "noise", day)
+    first_id = day * DAY_ID_STRIDE
+    next_noise_id = first_id + n_total + 1
     splits = (("train", 0, n_train, split_dirs[0]), ("test", n_train, n_total, split_dirs[1]))
     for split, lo, hi, split_dir in splits:
         n = hi - lo
         rows = {
-            "sample_id": np.arange(lo + 1, hi + 1),
+            "sample_id": np.arange(first_id + lo + 1, first_id + hi + 1),
             "click": click[lo:hi].astype(np.int8),
             "buy": buy[lo:hi].astype(np.int8),
             "user": users[lo:hi],
@@ -884,7 +899,7 @@ def generate(
             "session": session[lo:hi],
             "cross": {f: c[lo:hi] for f, c in feats["cross"].items()},
         }
-        info = {"rows": n, "first_sample_id": lo + 1, **_rates(click[lo:hi], buy[lo:hi])}
+        info = {"rows": n, "first_sample_id": first_id + lo + 1, **_rates(click[lo:hi], buy[lo:hi])}
         c, b, pc, pv = click[lo:hi], buy[lo:hi], pctr[lo:hi], pcvr[lo:hi]
         info["oracle_auc"] = {
             "ctr": auc(pc, c),
@@ -994,6 +1009,11 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--preset", choices=sorted(PRESETS), default="default", help="parameter preset (see below)"
     )
+    parser.add_argument(
+        "--day", type=int, default=0,
+        help="another day of the same world (same --seed, --n, preset and parameters): new "
+        "impressions and labels, the same users and items (default 0)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     group = parser.add_argument_group(
         "generator parameters (see the list below; default: the preset's value)"
@@ -1006,7 +1026,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     meta = generate(args.out, args.n, seed=args.seed, fmt=args.format, test_ratio=args.test_ratio,
                     files=args.files, preset=args.preset, split_dirs=(args.train_dir, args.test_dir),
-                    verbose=not args.quiet, **overrides)  # fmt: skip
+                    verbose=not args.quiet, day=args.day, **overrides)  # fmt: skip
     if not args.quiet:
         print(f"wrote {args.out} in {time.time() - t0:.1f}s; "
               f"sparse_feature_number={meta['sparse_feature_number']}")  # fmt: skip

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 # Before Paddle is imported: keep its C++ INFO logging off our console.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -64,6 +65,35 @@ def main(tool: str, argv=None) -> int:
         return 130
 
 
+def check_reader_keys(config):
+    """Both reader keys must name a module of the model folder. PaddleRec's configs name their
+    own `esmm_reader`: say which module to use instead, as the one edit such a config needs."""
+    from utils.errors import UserError
+
+    r, folder = config.runner, config.model_dir
+    keys = ("train_reader_path", "infer_reader_path")
+    bad = [k for k in keys if not os.path.exists(os.path.join(folder, f"{getattr(r, k)}.py"))]
+    if not bad:
+        return
+    readers = sorted(
+        name[:-3]
+        for name in os.listdir(folder)
+        if name.endswith(".py") and "class Reader" in Path(folder, name).read_text()
+    )
+    names = " and ".join(f"runner.{k}" for k in bad)
+    missing = sorted({f"{getattr(r, k)}.py" for k in bad})
+    fix = (
+        ", ".join(f"runner.{k}: {readers[0]}" for k in bad)
+        if readers
+        else "the name of a module that defines Reader"
+    )
+    raise UserError(
+        f"{names}: {folder} has no {' or '.join(missing)}; set {fix} in "
+        f"{os.path.basename(config.config_path)} (a config copied from PaddleRec needs only this "
+        "edit)"
+    )
+
+
 def run(tool: str, args) -> int:
     from utils import runtime
     from utils.config import load_config
@@ -76,12 +106,16 @@ def run(tool: str, args) -> int:
     )
     model_cls = adapter.DygraphModel if engine_kind == "dygraph" else adapter.StaticModel
     config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
-    reader_module = load_model_module(model_dir, config.runner.train_reader_path)
+    check_reader_keys(config)
+    reader_key = "train_reader_path" if job == "train" else "infer_reader_path"
+    reader_module = load_model_module(model_dir, getattr(config.runner, reader_key))
 
     from utils import distributed, engines, loop, progress
 
     world = distributed.init(config.runner.use_fleet)
     progress.set_quiet(not world.is_main)
+    for note in config.notes:
+        progress.log(note)
     place = runtime.setup(config, static=engine_kind == "static")
     reader = reader_module.Reader(config)
     training = job == "train"

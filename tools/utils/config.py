@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from utils import paddlerec_keys
 from utils.errors import UserError
 
 _PATH = "path"
@@ -59,8 +60,12 @@ class RunnerConfig:
     train_data_dir: str = path_field()
     test_data_dir: str = path_field()
     train_reader_path: str = "reader"  # module in the model folder that reads the data files
+    infer_reader_path: str = ""  # the infer tools' reader module; "" = train_reader_path
     model_save_path: str = path_field("output")
     infer_load_path: str = path_field()  # where infer tools find checkpoints; "" = model_save_path
+    # start training from these weights: a checkpoint folder, or a run folder (its last epoch)
+    model_init_path: str = path_field()
+    model_init_optimizer: bool = False  # with model_init_path: also its optimizer state
     epochs: int = 1
     train_batch_size: int = 1024
     infer_batch_size: int = 4096
@@ -104,6 +109,7 @@ class Config:
     runner: RunnerConfig
     hyper_parameters: Any
     config_path: str = ""  # the YAML file this was loaded from (absolute)
+    notes: list[str] = field(default_factory=list)  # keys accepted without effect, and why
 
     @property
     def model_dir(self) -> str:
@@ -206,6 +212,7 @@ def load_config(path: str, overrides: list[str] | None = None, hyper_cls: type |
     """Load, merge and validate a config. Returns `Config` (or the raw dict if `hyper_cls` is None)."""
     data = read_yaml(path)
     data = deep_merge(data, _resolve_paths(parse_overrides(overrides or []), os.getcwd()))
+    data, notes, checked = paddlerec_keys.extract(data)
     unknown = set(data) - {"runner", "hyper_parameters"}
     for key in sorted(unknown):
         raise UserError(_unknown_key_message(key, ["runner", "hyper_parameters"], ""))
@@ -214,10 +221,19 @@ def load_config(path: str, overrides: list[str] | None = None, hyper_cls: type |
         raise ValueError("hyper_cls is required")
     hyper = build_dataclass(hyper_cls, data.get("hyper_parameters") or {}, "hyper_parameters")
     cfg = Config(runner=runner, hyper_parameters=hyper, config_path=os.path.abspath(path))
+    cfg.notes.extend(notes)
+    paddlerec_keys.check(cfg, checked)
     if runner.infer_end_epoch < 0:
         runner.infer_end_epoch = runner.epochs
     if not runner.infer_load_path:
         runner.infer_load_path = runner.model_save_path
+    if not runner.infer_reader_path:
+        runner.infer_reader_path = runner.train_reader_path
+    if runner.test_data_dir and runner.test_data_dir == runner.train_data_dir:
+        cfg.notes.append(  # PaddleRec's own ESMM config.yaml does this
+            "runner.test_data_dir is the training data: evaluation will measure fit, not "
+            "generalisation"
+        )
     return cfg
 
 

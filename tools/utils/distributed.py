@@ -10,7 +10,9 @@ it prints are global: their statistics are summed or gathered over all ranks fir
 Why not `fleet.distributed_optimizer(...).minimize` for the static engine: under PIR (Paddle 3's
 default static IR) it calls `Program.clone(for_test=...)`, which PIR programs do not accept. We
 append the backward pass ourselves and insert one all-reduce per gradient instead; the same
-collective communicator, set up by `init_parallel_env()`, serves both engines.
+collective communicator, set up by `init_parallel_env()`, serves both engines (engines.py).
+Row-wise embedding tables (utils/sparse.py) look up the union of every rank's ids and average
+their rows' gradients the same way.
 """
 
 from __future__ import annotations
@@ -120,30 +122,3 @@ def init(use_fleet: bool) -> World:
         )
     paddle.distributed.init_parallel_env()
     return World(paddle.distributed.get_rank(), paddle.distributed.get_world_size())
-
-
-@contextlib.contextmanager
-def all_reduce_gradients(world: World):
-    """Inside, `optimizer.minimize(loss)` in a static program all-reduces (averages) gradients.
-
-    Model adapters keep PaddleRec's contract (`StaticModel.create_optimizer` calls `minimize`);
-    this swaps in backward + all-reduce + apply for the time the program is built.
-    """
-    if not world.active:
-        yield
-        return
-    original = paddle.optimizer.Optimizer.minimize
-
-    def minimize(self, loss, startup_program=None, parameters=None, no_grad_set=None):
-        params_grads = paddle.static.append_backward(loss, parameter_list=parameters)
-        averaged = []
-        for param, grad in params_grads:
-            paddle.distributed.all_reduce(grad)
-            averaged.append((param, paddle.scale(grad, 1.0 / world.size)))
-        return self.apply_gradients(averaged), averaged
-
-    paddle.optimizer.Optimizer.minimize = minimize
-    try:
-        yield
-    finally:
-        paddle.optimizer.Optimizer.minimize = original

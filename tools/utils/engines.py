@@ -12,30 +12,34 @@ checkpoint written by one engine loads in the other.
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import paddle
 
-from utils.distributed import World, all_reduce_gradients
+from utils.distributed import World
 from utils.errors import UserError
 from utils.runtime import math_threads
+from utils.sparse import row_tables, take_row_lookups
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
 INFERENCE_PREFIX = "inference"  # inference.json + inference.pdiparams
+ROW_LR_STATE = "Embedding_LR_Scheduler"  # optimizer-state key of the embedding optimizer's schedule
 
 
-def _check_shapes(current: dict, loaded: dict, source: str):
-    missing = sorted(set(current) - set(loaded))
+def _check_shapes(shapes: dict, loaded: dict, source: str):
+    """`shapes`: {name: shape} of this run's weights; `loaded`: {name: array}."""
+    missing = sorted(set(shapes) - set(loaded))
     if missing:
         raise UserError(
             f"{source}: no weights for {', '.join(missing[:5])}; wrong model or config?"
         )
-    for name, value in current.items():
-        if tuple(value.shape) != tuple(loaded[name].shape):
+    for name, shape in shapes.items():
+        if tuple(shape) != tuple(loaded[name].shape):
             raise UserError(
                 f"{source}: {name} has shape {list(loaded[name].shape)} but the config builds "
-                f"{list(value.shape)}; train and infer with the same hyper_parameters"
+                f"{list(shape)}; train and infer with the same hyper_parameters"
             )
 
 
@@ -44,13 +48,38 @@ def _load_pickle(folder: str, name: str):
     if not os.path.exists(path):
         raise UserError(f"{folder}: no {name} (not a complete checkpoint folder)")
     try:
-        return paddle.load(path)
+        return paddle.load(path, return_numpy=True)
     except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
         raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
 
 
 def load_params_file(folder: str) -> dict:
     return {k: np.asarray(v) for k, v in _load_pickle(folder, PARAMS_FILE).items()}
+
+
+class _Fetched:
+    """An array copied out of Paddle only while it is being written (see `_write_pickle`)."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch
+
+    def __reduce_ex__(self, protocol):
+        return self.fetch().__reduce_ex__(protocol)
+
+
+def _write_pickle(path: str, values: dict):
+    """Write `values` as `paddle.save` would (a pickled dict that `paddle.load` reads), holding
+    at most one copy of one array at a time: a value may be a function returning the array.
+
+    `paddle.save` pickles with protocol 4, for which numpy copies an array into a bytes object,
+    after `get_params()` has copied every tensor: an embedding table and its optimizer slots
+    (1.4 GB at 10M rows x 12 dims with lazy Adam) would be held two to three times over. Protocol
+    5 writes an array's own buffer, and without the pickler's memo each one is freed when written.
+    """
+    with open(path, "wb") as f:
+        pickler = pickle.Pickler(f, protocol=5)
+        pickler.fast = True  # no memo: nothing written stays referenced
+        pickler.dump({k: _Fetched(v) if callable(v) else v for k, v in values.items()})
 
 
 class _DataParallel(paddle.DataParallel):
@@ -72,12 +101,19 @@ class DygraphEngine:
         self.model = adapter_module.DygraphModel()
         # fresh parameter names (embedding_0.w_0, ...) whatever ran before in this process:
         # the optimizer's saved state is keyed by them
+        self.optimizer = self.row_optimizer = None
         with paddle.utils.unique_name.guard():
             self.net = self.model.create_model(config)
-            self.optimizer = self.model.create_optimizer(self.net, config) if training else None
+            if training:
+                self.optimizer = self.model.create_optimizer(self.net, config)
+                self.row_optimizer = _embedding_optimizer(self.model, config)
+        # structured name -> table, slots made now so that resuming can fill them
+        self.row_tables = row_tables(self.net) if self.row_optimizer else {}
+        for table in self.row_tables.values():
+            self.row_optimizer.create_slots(table)
         # DataParallel broadcasts rank 0's weights, then all-reduces gradients in backward()
-        world = world or World()
-        self.train_net = _DataParallel(self.net) if world.active and training else self.net
+        self.world = world or World()
+        self.train_net = _DataParallel(self.net) if self.world.active and training else self.net
         self.output_names = self.model.output_names
 
     def train_step(self, batch):
@@ -85,6 +121,8 @@ class DygraphEngine:
         loss, outputs = self.model.train_forward(self.train_net, batch, self.config)
         loss.backward()
         self.optimizer.step()
+        if self.row_optimizer is not None:
+            self.row_optimizer.step(take_row_lookups(self.net), self.world)
         self.optimizer.clear_grad()
         return float(loss), {k: outputs[k].numpy().ravel() for k in self.output_names}
 
@@ -94,52 +132,72 @@ class DygraphEngine:
             outputs = self.model.infer_forward(self.net, batch, self.config)
         return {k: outputs[k].numpy().ravel() for k in self.output_names}
 
+    def _params(self) -> dict:
+        """{structured name: function returning a copy of the weight}."""
+        return {k: v.numpy for k, v in self.net.state_dict().items()}
+
     def get_params(self) -> dict:
-        return {k: v.numpy() for k, v in self.net.state_dict().items()}
+        return {k: fetch() for k, fetch in self._params().items()}
 
     def set_params(self, params: dict, source: str = "weights"):
-        _check_shapes(self.get_params(), params, source)
-        self.net.set_state_dict({k: params[k] for k in self.net.state_dict()})
+        state = self.net.state_dict()
+        _check_shapes({k: v.shape for k, v in state.items()}, params, source)
+        self.net.set_state_dict({k: params[k] for k in state})
 
     def save(self, folder: str):
-        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
+        _write_pickle(os.path.join(folder, PARAMS_FILE), self._params())
         if self.optimizer is not None:
-            paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+            _write_pickle(os.path.join(folder, OPT_FILE), self._optimizer_state())
 
-    def optimizer_state(self) -> dict:
-        """Accumulators keyed `<structured param name>:<kind>` (e.g. `ctr_tower.0.weight:moment1`).
+    def _optimizer_vars(self) -> dict:
+        """The optimizer's state tensors, keyed `<structured param name>:<kind>` (e.g.
+        `ctr_tower.0.weight:moment1`, `inputs.0.embedding.weight:moment2` for a table's slot).
 
         Paddle's own `state_dict()` keys them by generated variable names with counters
         (`linear_3.w_0_moment1_7`) that differ from process to process.
         """
         structured = {p.name: k for k, p in self.net.named_parameters()}
-        state = {
-            f"{structured[pname]}:{kind}": var.numpy()
+        found = {
+            f"{structured[pname]}:{kind}": var
             for kind, accumulators in self.optimizer._accumulators.items()
             for pname, var in accumulators.items()
         }
-        lr = self.optimizer._learning_rate
-        if isinstance(lr, paddle.optimizer.lr.LRScheduler):
-            state["LR_Scheduler"] = lr.state_dict()
+        for name, table in self.row_tables.items():
+            for kind, var in self.row_optimizer.slots[table.name].items():
+                found[f"{name}:{kind}"] = var
+        return found
+
+    def _schedules(self) -> dict:
+        """{state key: learning-rate schedule} of the optimizers that have one."""
+        found = {"LR_Scheduler": self.optimizer._learning_rate}
+        if self.row_optimizer is not None:
+            found[ROW_LR_STATE] = self.row_optimizer.schedule
+        return {k: v for k, v in found.items() if isinstance(v, paddle.optimizer.lr.LRScheduler)}
+
+    def _optimizer_state(self) -> dict:
+        """{key: function returning a copy of the variable, or a schedule's state}."""
+        state = {key: var.numpy for key, var in self._optimizer_vars().items()}
+        state.update({key: s.state_dict() for key, s in self._schedules().items()})
         return state
 
+    def optimizer_state(self) -> dict:
+        return {k: v() if callable(v) else v for k, v in self._optimizer_state().items()}
+
     def set_optimizer_state(self, state: dict, source: str):
-        params = dict(self.net.named_parameters())
+        params = [p for p in self.net.parameters() if p.trainable]
         block = paddle.static.default_main_program().global_block()  # unused in dygraph
-        self.optimizer._create_accumulators(block, [p for p in params.values() if p.trainable])
+        self.optimizer._create_accumulators(block, params)
+        targets, schedules = self._optimizer_vars(), self._schedules()
         for key, value in state.items():
-            if key == "LR_Scheduler":
-                self.optimizer._learning_rate.set_state_dict(value)
-                continue
-            name, _, kind = key.rpartition(":")
-            try:
-                var = self.optimizer._accumulators[kind][params[name].name]
-            except KeyError:
+            if key in schedules:
+                schedules[key].set_state_dict(value)
+            elif key in targets:
+                targets[key].set_value(np.asarray(value))
+            else:
                 raise UserError(
                     f"{source}: optimizer state {key} does not fit this model or optimizer; "
                     "resume with the config the run was started with"
-                ) from None
-            var.set_value(np.asarray(value))
+                )
 
     def load(self, folder: str):
         self.set_params(load_params_file(folder), folder)
@@ -148,6 +206,42 @@ class DygraphEngine:
         """Weights and optimizer state, to resume training from `folder`."""
         self.load(folder)
         self.set_optimizer_state(_load_pickle(folder, OPT_FILE), folder)
+
+
+def _embedding_optimizer(adapter, *config):
+    """The adapter's row-wise embedding optimizer; None for a model without one."""
+    create = getattr(adapter, "create_embedding_optimizer", None)
+    return create(*config) if create is not None else None
+
+
+def _append_update(loss, layer, optimizer, row_optimizer, world: World):
+    """Append one training step to the current static program: one backward pass for the
+    dense parameters and the looked-up embedding rows, the gradients' average over the ranks
+    (Fleet), the dense optimizer, then the row-wise update. Returns the embedding learning-rate
+    feed (None without a row optimizer)."""
+    lookups = take_row_lookups(layer) if row_optimizer is not None else []
+    params = [p for p in layer.parameters() if not p.stop_gradient]
+    grads = paddle.static.gradients([loss], params + [lookup.rows for lookup in lookups])
+    if world.active:
+        # PIR programs do not accept fleet.distributed_optimizer (it clones them for test);
+        # one all-reduce per gradient on the collective communicator of init_parallel_env()
+        for grad in grads:
+            paddle.distributed.all_reduce(grad)
+        grads = [paddle.scale(grad, 1.0 / world.size) for grad in grads]
+    # minimize() would set this in its backward(); without it, PIR rejects the learning-rate
+    # variable apply_gradients() creates (its dtype would be the string "float32")
+    optimizer._dtype = loss.dtype
+    schedule = optimizer._learning_rate
+    position = schedule.state_dict() if hasattr(schedule, "state_dict") else None
+    optimizer.apply_gradients(list(zip(params, grads[: len(params)], strict=True)))
+    if position is not None:
+        schedule.set_state_dict(position)  # building read the schedule once: undo that read
+    if not lookups:
+        return None
+    lr = paddle.static.data("embedding_learning_rate", [1], "float32")
+    for lookup, grad in zip(lookups, grads[len(params) :], strict=True):
+        row_optimizer.update(lookup, grad, lr)
+    return lr
 
 
 class StaticEngine:
@@ -172,6 +266,7 @@ class StaticEngine:
         self.output_names = model_cls.output_names
         self.label_names = model_cls.label_names
         startup = paddle.static.Program()
+        self.row_optimizer = None
         if training:
             self.train_program = paddle.static.Program()
             model = model_cls(config)
@@ -179,8 +274,14 @@ class StaticEngine:
                 with paddle.static.program_guard(self.train_program, startup):
                     feeds = model.create_feeds()
                     self.train_fetch = model.net(feeds)
-                    with all_reduce_gradients(world):
-                        model.create_optimizer()
+                    self.row_optimizer = _embedding_optimizer(model)
+                    self._row_lr = _append_update(
+                        self.train_fetch["loss"],
+                        model.layer,
+                        model.create_optimizer(),
+                        self.row_optimizer,
+                        world,
+                    )
             self.train_feed_names = list(feeds)
         self.infer_program = paddle.static.Program()
         model = model_cls(config)
@@ -213,9 +314,12 @@ class StaticEngine:
 
     def train_step(self, batch):
         names = ["loss", *self.output_names]
+        feed = self._feed(batch, self.train_feed_names)
+        if self.row_optimizer is not None:
+            feed[self._row_lr.name] = np.array([self.row_optimizer.next_lr()], "float32")
         values = self.exe.run(
             self.train_program,
-            feed=self._feed(batch, self.train_feed_names),
+            feed=feed,
             fetch_list=[self.train_fetch[n] for n in names],
         )
         out = dict(zip(names, values, strict=True))
@@ -233,34 +337,55 @@ class StaticEngine:
     def _tensor(self, var_name: str):
         return self.scope.find_var(var_name).get_tensor()
 
+    def _fetch(self, var_name: str):
+        """A function returning a copy of the scope variable `var_name`."""
+        return lambda: np.array(self._tensor(var_name))
+
+    def _params(self) -> dict:
+        return {k: self._fetch(v) for k, v in self.param_names.items()}
+
     def get_params(self) -> dict:
-        return {k: np.array(self._tensor(v)) for k, v in self.param_names.items()}
+        return {k: fetch() for k, fetch in self._params().items()}
 
     def set_params(self, params: dict, source: str = "weights"):
-        _check_shapes(self.get_params(), params, source)
+        shapes = {k: self._tensor(v).shape() for k, v in self.param_names.items()}
+        _check_shapes(shapes, params, source)
         for k, var_name in self.param_names.items():
             self._tensor(var_name).set(np.asarray(params[k]), self.place)
 
-    def _lr_scheduler(self):
-        """The Python-side schedule the executor advances on every run of the train program."""
-        return getattr(getattr(self, "train_program", None), "lr_scheduler", None)
+    def _schedules(self) -> dict:
+        """{state key: the Python-side learning-rate schedules of the train program}: the dense
+        optimizer's (the executor advances it on every run), the embedding optimizer's."""
+        found = {
+            "LR_Scheduler": getattr(getattr(self, "train_program", None), "lr_scheduler", None)
+        }
+        if self.row_optimizer is not None:
+            found[ROW_LR_STATE] = self.row_optimizer.schedule
+        return {k: v for k, v in found.items() if isinstance(v, paddle.optimizer.lr.LRScheduler)}
 
-    def optimizer_state(self) -> dict:
-        """The optimizer's variables (moments, beta powers: `<param var>_<kind>_<n>`, and the
-        learning rate) and the learning-rate schedule's position."""
+    def _optimizer_var_names(self) -> list[str]:
+        """The optimizers' variables: moments, beta powers (`<param var>_<kind>_<n>`), embedding
+        slots (`<table var>_<kind>`) and the learning rate."""
         params = tuple(f"{v}_" for v in self.param_names.values())
-        state = {
-            name: np.array(self._tensor(name))
+        return [
+            name
             for name in self.scope.local_var_names()
             if name.startswith(params) or name.startswith("learning_rate_")
-        }
-        if self._lr_scheduler() is not None:
-            state["LR_Scheduler"] = self._lr_scheduler().state_dict()
+        ]
+
+    def _optimizer_state(self) -> dict:
+        """{name: function returning a copy of the variable, or a schedule's state}."""
+        state = {name: self._fetch(name) for name in self._optimizer_var_names()}
+        state.update({key: s.state_dict() for key, s in self._schedules().items()})
         return state
 
+    def optimizer_state(self) -> dict:
+        """The optimizers' variables and the schedules' positions."""
+        return {k: v() if callable(v) else v for k, v in self._optimizer_state().items()}
+
     def save(self, folder: str):
-        paddle.save(self.get_params(), os.path.join(folder, PARAMS_FILE))
-        paddle.save(self.optimizer_state(), os.path.join(folder, OPT_FILE))
+        _write_pickle(os.path.join(folder, PARAMS_FILE), self._params())
+        _write_pickle(os.path.join(folder, OPT_FILE), self._optimizer_state())
         self.export_inference(os.path.join(folder, INFERENCE_PREFIX))
 
     def export_inference(self, prefix: str):
@@ -279,18 +404,26 @@ class StaticEngine:
     def load_training_state(self, folder: str):
         self.load(folder)
         saved = _load_pickle(folder, OPT_FILE)
-        current = self.optimizer_state()
+        schedules = self._schedules()
+        current = {name: self._tensor(name).shape() for name in self._optimizer_var_names()}
+        current.update(dict.fromkeys(schedules))
         if not set(current) <= set(saved):
             missing = sorted(set(current) - set(saved))
             raise UserError(
                 f"{folder}: optimizer state lacks {', '.join(missing[:3])}; resume with the "
                 "config the run was started with"
             )
-        for name in current:
-            if name == "LR_Scheduler":
-                self._lr_scheduler().set_state_dict(saved[name])
-            else:
-                self._tensor(name).set(np.asarray(saved[name]), self.place)
+        for name, shape in current.items():
+            if name in schedules:
+                schedules[name].set_state_dict(saved[name])
+                continue
+            value = np.asarray(saved.pop(name))  # dropped here: one loaded array less at a time
+            if list(value.shape) != list(shape):
+                raise UserError(
+                    f"{folder}: optimizer state {name} has shape {list(value.shape)}, this run "
+                    f"{list(shape)}; resume with the config the run was started with"
+                )
+            self._tensor(name).set(value, self.place)
 
 
 class InferenceEngine:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from utils import checkpoint
+from utils import checkpoint, warm_start
 from utils.data import Dataset, default_cache_dir, list_data_files
 from utils.distributed import World
 from utils.errors import UserError
@@ -53,6 +53,8 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
     metrics_path = os.path.join(r.model_save_path, METRICS_FILE)
     run = _start_or_resume(config, engine, world)
+    if r.model_init_path and run["start_epoch"] == 0:  # a resumed run goes on from its own
+        warm_start.load(config, engine)
     records, tests, best, step = run["records"], run["tests"], run["best"], run["step"]
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     log(

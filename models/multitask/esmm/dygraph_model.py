@@ -9,7 +9,7 @@ from __future__ import annotations
 import paddle
 
 from . import metrics
-from .net import ESMMLayer, HyperParameters, create_optimizer
+from .net import ESMMLayer, HyperParameters, create_embedding_optimizer, create_optimizer
 from .reader import Reader
 
 
@@ -40,7 +40,12 @@ class DygraphModel:
         return net.loss(outputs, {name: feeds[name] for name in self.label_names})
 
     def create_optimizer(self, net, config):
+        """The dense parameters' optimizer (row-wise embedding tables are not among them)."""
         return create_optimizer(config.hyper_parameters, net.parameters())
+
+    def create_embedding_optimizer(self, config):
+        """The row-wise optimizer of the embedding tables, or None (they are dense parameters)."""
+        return create_embedding_optimizer(config.hyper_parameters)
 
     def create_metrics(self) -> metrics.TrainMetrics:
         return metrics.TrainMetrics()

@@ -31,6 +31,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from utils.errors import UserError
 from utils.slot_parser import FieldLayout
+from utils.sparse import ROW_OPTIMIZERS, RowOptimizer, SparseEmbedding
 
 # PaddleRec's field order for Ali-CCP (user, user histories, item, crosses, context).
 ALI_CCP_FIELDS = [
@@ -86,6 +87,56 @@ class OptimizerConfig:
 
 
 @dataclass
+class EmbeddingOptimizerConfig:
+    """How the embedding tables learn (`hyper_parameters.embedding_optimizer`).
+
+    A row-wise rule updates only the rows a batch looks up, with per-row state (utils/sparse.py):
+    a step costs the same at 300k or 30M rows. `dense` makes the tables ordinary parameters of
+    `optimizer` (a dense gradient and update of every row on every step: the cost grows with
+    the table).
+    """
+
+    class_: str = "lazy_adam"  # lazy_adam, rowwise_adagrad, adagrad, sgd, or dense
+    learning_rate: float | None = None  # None = optimizer.learning_rate, following its schedule
+    schedule: ScheduleConfig | None = None  # with learning_rate: its own schedule; None = constant
+    beta1: float = 0.9  # lazy_adam
+    beta2: float = 0.999  # lazy_adam
+    epsilon: float = 1.0e-8
+    initial_accumulator_value: float = 0.0  # adagrad, rowwise_adagrad
+
+    @property
+    def row_wise(self) -> bool:
+        return self.class_ != "dense"
+
+    def validate(self, where: str):
+        choices = (*ROW_OPTIMIZERS, "dense")
+        if self.class_ not in choices:
+            raise UserError(
+                f"{where}.class: unknown embedding optimizer {self.class_!r}; choose one of "
+                f"{', '.join(choices)}"
+            )
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise UserError(f"{where}.learning_rate must be positive")
+        if self.schedule is not None and self.learning_rate is None:
+            raise UserError(
+                f"{where}.schedule needs {where}.learning_rate (without it the tables follow "
+                "optimizer.learning_rate and its schedule)"
+            )
+        if not self.row_wise and (self.learning_rate is not None or self.schedule is not None):
+            raise UserError(
+                f"{where}: class dense trains the tables with optimizer (its learning rate and "
+                "schedule); remove learning_rate/schedule here"
+            )
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UserError(f"{where}.{key} must be in [0, 1)")
+        if self.epsilon <= 0:
+            raise UserError(f"{where}.epsilon must be positive")
+        if self.initial_accumulator_value < 0:
+            raise UserError(f"{where}.initial_accumulator_value must be non-negative")
+
+
+@dataclass
 class FieldOptions:
     """Per-field overrides of `max_len` and `pooling`."""
 
@@ -138,6 +189,7 @@ class HyperParameters:
     l2_regularization: float = 0.0  # λ·½Σw² over the kernels of every dense layer
     embedding_regularization: float = 0.0  # λ·½Σx² over the batch's pooled embeddings
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    embedding_optimizer: EmbeddingOptimizerConfig = field(default_factory=EmbeddingOptimizerConfig)
 
     def validate(self, where: str):
         if self.variant not in VARIANTS:
@@ -288,13 +340,11 @@ class FeatureInput(nn.Layer):
         super().__init__()
         self.layout = hp.layout()
         self.dim = hp.sparse_feature_dim
-        self.embedding = nn.Embedding(
+        self.embedding = SparseEmbedding(
             hp.sparse_feature_number,
             hp.sparse_feature_dim,
-            padding_idx=0,
-            weight_attr=paddle.ParamAttr(
-                initializer=nn.initializer.Normal(std=hp.embedding_init_std)
-            ),
+            hp.embedding_init_std,
+            row_wise=hp.embedding_optimizer.row_wise,
         )
         self.mean_fields = [hp.field_pooling(f) == "mean" for f in self.layout.names]
         index = {name: i for i, name in enumerate(self.layout.names)}
@@ -463,8 +513,8 @@ class StepSchedule(paddle.optimizer.lr.LRScheduler):
 
     Both engines read the learning rate exactly once per training step (the dygraph optimizer in
     `step()`, the static executor on every run of the train program), so the schedule counts
-    its own steps and needs no hook in the training loop. `restart()` undoes the read the static
-    optimizer makes while building the program.
+    its own steps and needs no hook in the training loop (the static engine undoes the read
+    made while building the program). The embedding optimizer reads its own copy once per step.
     """
 
     def __init__(self, learning_rate: float, cfg: ScheduleConfig):
@@ -491,15 +541,34 @@ class StepSchedule(paddle.optimizer.lr.LRScheduler):
         self.last_lr = self.lr_at(self.last_epoch)
         return lr
 
-    def restart(self):
-        self.last_epoch = 0
-        self.last_lr = self.lr_at(0)
-
 
 def create_optimizer(hp: HyperParameters, parameters=None):
-    """The optimizer the config names (dygraph: pass the parameters; static: leave None)."""
+    """The optimizer of the dense parameters (dygraph: pass the parameters; static: leave None).
+
+    Parameters that take no gradient (row-wise embedding tables) are left out: they belong to
+    the `create_embedding_optimizer`, and the dense optimizer must not hold state for them.
+    """
     cls = getattr(paddle.optimizer, OPTIMIZERS[hp.optimizer.class_.lower()])
-    lr = hp.optimizer.learning_rate
-    if hp.optimizer.schedule is not None:
-        lr = StepSchedule(lr, hp.optimizer.schedule)
-    return cls(learning_rate=lr, parameters=parameters)
+    if parameters is not None:
+        parameters = [p for p in parameters if not p.stop_gradient]
+    return cls(learning_rate=_learning_rate(hp.optimizer), parameters=parameters)
+
+
+def _learning_rate(cfg):
+    """A constant, or a `StepSchedule` when `cfg.schedule` is set."""
+    if cfg.schedule is None:
+        return cfg.learning_rate
+    return StepSchedule(cfg.learning_rate, cfg.schedule)
+
+
+def create_embedding_optimizer(hp: HyperParameters) -> RowOptimizer | None:
+    """The row-wise optimizer of the embedding tables; None when they are dense parameters."""
+    cfg = hp.embedding_optimizer
+    if not cfg.row_wise:
+        return None
+    # its own learning rate and schedule, or the same values as the dense optimizer, step by step
+    lr = _learning_rate(cfg if cfg.learning_rate is not None else hp.optimizer)
+    schedule = lr if callable(lr) else (lambda: lr)
+    return RowOptimizer(
+        cfg.class_, schedule, cfg.beta1, cfg.beta2, cfg.epsilon, cfg.initial_accumulator_value
+    )

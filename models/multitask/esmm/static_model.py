@@ -9,7 +9,7 @@ from __future__ import annotations
 import paddle
 
 from . import metrics
-from .net import ESMMLayer, HyperParameters, create_optimizer
+from .net import ESMMLayer, HyperParameters, create_embedding_optimizer, create_optimizer
 from .reader import Reader
 
 
@@ -22,7 +22,6 @@ class StaticModel:
         self.config = config
         self.hp = config.hyper_parameters
         self.layer = None
-        self._loss = None
         self.evaluate = metrics.evaluate_for(self.hp)
 
     def create_feeds(self, is_infer: bool = False) -> dict:
@@ -41,16 +40,17 @@ class StaticModel:
         fetch = {name: outputs[name] for name in self.output_names}
         if not is_infer:
             labels = {name: inputs[name] for name in self.label_names}
-            self._loss, _ = self.layer.loss(outputs, labels)
-            fetch["loss"] = self._loss
+            fetch["loss"], _ = self.layer.loss(outputs, labels)
         return fetch
 
     def create_optimizer(self):
-        optimizer = create_optimizer(self.hp)
-        optimizer.minimize(self._loss)
-        if hasattr(optimizer._learning_rate, "restart"):
-            optimizer._learning_rate.restart()  # building read the schedule once
-        return optimizer
+        """The dense parameters' optimizer. The engine applies it (with the embedding optimizer
+        and, under Fleet, the gradients' all-reduce) to `loss` in one backward pass."""
+        return create_optimizer(self.hp)
+
+    def create_embedding_optimizer(self):
+        """The row-wise optimizer of the embedding tables, or None (they are dense parameters)."""
+        return create_embedding_optimizer(self.hp)
 
     def create_metrics(self) -> metrics.TrainMetrics:
         return metrics.TrainMetrics()
