@@ -114,7 +114,7 @@ def test_half_failed_download_leaves_nothing(tmp_path, http_dir):
 
 def test_no_arguments_converts_raw_folder(tmp_path):
     tiny_raw(tmp_path / "raw")
-    proc = run_sh(data_dir=tmp_path)
+    proc = run_sh("--format", "slot", data_dir=tmp_path)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["rows"] == {"train": 2, "test": 1}
@@ -140,6 +140,8 @@ def test_raw_mode_passes_options_through(tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["min_count"] == 2
+    assert meta["format"] == "binary"  # the default: the data set the trainers read
+    assert (out / "train_data" / "dataset.json").is_file()
     assert meta["vocab_size"]["total"] == 2  # 101:1, 124:2; 205:8's second row is noise
     assert not (tmp_path / "x").exists()
     # The converter's own errors come through unchanged.

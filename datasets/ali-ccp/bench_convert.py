@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -120,10 +121,11 @@ def write_fixture(out: Path, users: int, train_rows: int, seed: int = 0) -> dict
     return sizes
 
 
-BASELINE = ["--no-jit", "--no-direct-io"]  # numpy kernels, writes through the page cache
+BASELINE = "--format slot"  # today's slot text (compiled kernels, O_DIRECT)
+ROOT = HERE.parent.parent
 
 
-def run_once(raw: Path, out: Path, workers: int, extra=()) -> dict:
+def run_once(raw: Path, out: Path, workers: int, extra=(), keep=False) -> dict:
     """Convert in a fresh subprocess: wall time and the peak RSS of its largest process.
 
     `os.wait4` returns the child's rusage including its own reaped children (the workers), so
@@ -149,8 +151,91 @@ def run_once(raw: Path, out: Path, workers: int, extra=()) -> dict:
     out_bytes = sum(
         f.stat().st_size for d in ("train_data", "test_data") for f in (out / d).iterdir()
     )
-    shutil.rmtree(out)
+    if not keep:
+        shutil.rmtree(out)
     return {"wall": wall, "rss_mb": usage.ru_maxrss / 1024, "meta": meta, "out_bytes": out_bytes}
+
+
+def _measured(cmd, env=None) -> tuple[str, float, float]:
+    """Run `cmd`; (stdout, wall seconds, peak RSS MB of its largest process, via wait4)."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.stdout.close()
+        if os.waitstatus_to_exitcode(status):
+            err.seek(0)
+            raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err.read().decode()[-2000:]}")
+    return out.decode(), wall, usage.ru_maxrss / 1024
+
+
+def read_probe(folder: str, cache: str, n_ids: int) -> dict:
+    """In this process: load the train split as the trainer does and gather every shuffled batch
+    of 1024 of one epoch; print rows/s and seconds."""
+    sys.path[:0] = [str(ROOT / "tools")]
+    from utils.config import load_config
+    from utils.data import Dataset, list_data_files
+    from utils.model_loader import load_model_module
+
+    model_dir = ROOT / "models" / "multitask" / "esmm"
+    hyper = load_model_module(str(model_dir), "net").HyperParameters
+    cfg = load_config(
+        str(model_dir / "config.yaml"), [f"hyper_parameters.sparse_feature_number={n_ids}"], hyper
+    )
+    reader = load_model_module(str(model_dir), "reader").Reader(cfg)
+    t0 = time.perf_counter()
+    ds = Dataset.load(list_data_files(folder, "train_data_dir"), reader, cache)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n = sum(len(b.labels) for b in ds.batches(1024, True, 1, 0))
+    gather_s = time.perf_counter() - t0
+    return {"rows": n, "load_s": load_s, "gather_rows_per_s": n / gather_s}
+
+
+def read_and_train(raw: Path, work: Path, workers: int, runs: int, train=True) -> list[dict]:
+    """The data layer on both forms of the same data: load + shuffled gather (binary from a
+    cold and a warm cache of its users' layout; slot from a cold and a warm parsed-data cache)
+    and, with `train`, a one-epoch dygraph training run, each in a fresh process (peak RSS via
+    wait4), interleaved `runs` times."""
+    forms = {}
+    for fmt in ("binary", "slot"):
+        forms[fmt] = work / f"form-{fmt}"
+        res = run_once(raw, forms[fmt], workers, ["--format", fmt], keep=True)
+    n_ids = res["meta"]["sparse_feature_number"]
+    here = [sys.executable, str(Path(__file__).resolve())]
+    rows = []
+    for _ in range(runs):
+        for kind in ("binary-cold", "binary-warm", "slot-cold", "slot-warm"):
+            fmt = kind.split("-")[0]
+            cache = work / "read-cache"
+            if kind.endswith("cold"):
+                shutil.rmtree(cache, ignore_errors=True)
+            folder = forms[fmt] / "train_data"
+            cmd = [*here, "--read-probe", str(folder), str(cache), str(n_ids)]
+            out, wall, rss = _measured(cmd)
+            rows.append({"what": f"read {kind}", "wall": wall, "rss_mb": rss, **json.loads(out)})
+        for kind in ("binary-warm", "slot-warm") if train else ():
+            fmt = kind.split("-")[0]
+            save = work / "train-out"
+            shutil.rmtree(save, ignore_errors=True)
+            cmd = [sys.executable, str(ROOT / "tools" / "trainer.py"), "-m",
+                   str(ROOT / "models" / "multitask" / "esmm" / "config.yaml"), "-o",
+                   f"runner.train_data_dir={forms[fmt] / 'train_data'}",
+                   f"runner.test_data_dir={forms[fmt] / 'test_data'}",
+                   f"runner.model_save_path={save}", f"runner.cache_dir={work / 'read-cache'}",
+                   "runner.epochs=1", "runner.train_batch_size=1024", "runner.print_interval=1000",
+                   f"hyper_parameters.sparse_feature_number={n_ids}"]  # fmt: skip
+            env = dict(os.environ, PYTHONWARNINGS="ignore")
+            out, wall, rss = _measured(cmd, env)
+            m = re.search(r"epoch 0 done in ([\d.]+)s \(([\d,]+) samples/s\)", out)
+            rate = float(m.group(2).replace(",", "")) if m else float("nan")
+            rows.append({"what": f"train {kind}", "wall": wall, "rss_mb": rss,
+                         "train_samples_per_s": rate})  # fmt: skip
+    for fmt in forms.values():
+        shutil.rmtree(fmt, ignore_errors=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -164,9 +249,21 @@ def main(argv=None) -> int:
                     help="where the converter writes (default: in --work); e.g. /dev/shm to "
                     "take the disk out of the measurement")  # fmt: skip
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table too")
-    ap.add_argument("--no-baseline", action="store_true",
-                    help="do not also time the baseline (" + " ".join(BASELINE) + ")")  # fmt: skip
+    ap.add_argument("--args", default="",
+                    help="converter arguments of the measured runs (default: none, i.e. binary)")  # fmt: skip
+    ap.add_argument("--baseline", default=BASELINE,
+                    help=f"converter arguments of the baseline runs (default: {BASELINE!r})")  # fmt: skip
+    ap.add_argument("--no-baseline", action="store_true", help="do not also time the baseline")
+    ap.add_argument("--train", action="store_true",
+                    help="also time the data layer on the binary and the slot form, and at the "
+                    "largest scale a one-epoch training run on each (warm caches)")  # fmt: skip
+    ap.add_argument("--read-probe", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.read_probe:
+        folder, cache, n_ids = args.read_probe
+        print(json.dumps(read_probe(folder, cache, int(n_ids))))
+        return 0
+    extra, baseline = args.args.split(), args.baseline.split()
     scales = [float(s) for s in args.scales.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-convert-"))
     print(
@@ -192,13 +289,13 @@ def main(argv=None) -> int:
                 else work / "out"
             )
             if not results:  # untimed: on a fresh checkout numba compiles the kernels first
-                first = run_once(raw, out, args.workers)["wall"]
+                first = run_once(raw, out, args.workers, extra)["wall"]
                 print(f"first run (fills numba's cache if empty, not counted): {first:.2f}s")
             runs, base = [], []
             for _ in range(args.runs):  # interleaved, so both see the same machine
-                runs.append(run_once(raw, out, args.workers))
+                runs.append(run_once(raw, out, args.workers, extra))
                 if not args.no_baseline:
-                    base.append(run_once(raw, out, args.workers, BASELINE))
+                    base.append(run_once(raw, out, args.workers, baseline))
             wall = statistics.median(r["wall"] for r in runs)
             base_wall = statistics.median(r["wall"] for r in base) if base else None
             meta = runs[0]["meta"]
@@ -218,8 +315,11 @@ def main(argv=None) -> int:
                 "rss_max_mb": max(r["rss_mb"] for r in runs),
                 "base_wall_s": base_wall,
                 "base_walls": [round(r["wall"], 2) for r in base],
+                "base_out_mb": base[0]["out_bytes"] / 1e6 if base else None,
+                "base_rss_mb": statistics.median(r["rss_mb"] for r in base) if base else None,
             }
-            if base and base[0]["out_bytes"] != runs[0]["out_bytes"]:
+            same_format = "--format" not in extra + baseline
+            if base and same_format and base[0]["out_bytes"] != runs[0]["out_bytes"]:
                 raise SystemExit("the baseline wrote a different number of bytes")
             results.append(res)
             print(
@@ -231,11 +331,17 @@ def main(argv=None) -> int:
             )
             if base:
                 print(
-                    f"x{scale:g}: baseline ({' '.join(BASELINE)}) {base_wall:.2f}s "
-                    f"(runs {res['base_walls']}): {in_bytes / 1e6 / base_wall:.1f} MB/s raw in; "
+                    f"x{scale:g}: baseline ({' '.join(baseline)}) {base_wall:.2f}s "
+                    f"(runs {res['base_walls']}): {in_bytes / 1e6 / base_wall:.1f} MB/s raw in, "
+                    f"{res['base_out_mb']:.0f} MB out, peak RSS {res['base_rss_mb']:.0f} MB; "
                     f"speed-up {base_wall / wall:.2f}x",
                     flush=True,
                 )
+            if args.train:  # reading at every scale, training at the largest
+                rows = read_and_train(raw, work, args.workers, args.runs, scale == scales[-1])
+                for row in rows:
+                    print(f"x{scale:g}: " + json.dumps({k: round(v, 3) if isinstance(v, float)
+                          else v for k, v in row.items()}), flush=True)  # fmt: skip
             shutil.rmtree(raw)
     finally:
         if not args.work:

@@ -4,9 +4,11 @@
 #   sh datasets/ali-ccp/run.sh                      raw/ files present: convert them;
 #                                                   otherwise download PaddleRec's 100k-row sample
 #   sh datasets/ali-ccp/run.sh --raw DIR [--out DIR] [--min-count N] [--workers N]
-#                              [--skip-bad] [--force] [--fields LIST]
+#                              [--skip-bad] [--force] [--fields LIST] [--format binary|slot]
 #                              [--vocab OLD_OUT [--freeze-vocab]]
-#                                                   convert the four raw Tianchi files in DIR;
+#                                                   convert the four raw Tianchi files in DIR:
+#                                                   the binary data set the trainers read, or
+#                                                   with --format slot PaddleRec's slot text;
 #                                                   --vocab keeps OLD_OUT's feasign numbers and
 #                                                   appends new ids (day-by-day training)
 #   sh datasets/ali-ccp/run.sh --synthetic N [--out DIR] [--seed S] [--format slot|raw] ...
@@ -32,7 +34,7 @@ else
 fi
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils import slot_parser
+from utils import binary_data, slot_parser
 from utils.errors import UserError
 from utils.slot_parser import Columns
 
@@ -48,7 +48,7 @@ def list_data_files(folder: str, key: str) -> list[str]:
     """Every regular, non-hidden file in `folder`, sorted. `key` names the config key in errors."""
     if not folder:
         raise UserError(f"{key} is not set")
-    if os.path.isfile(folder):
+    if os.path.isfile(folder) or binary_data.is_dataset(folder):
         return [folder]
     if not os.path.isdir(folder):
         raise UserError(f"{key}: folder {folder} does not exist")
@@ -104,7 +104,9 @@ class Dataset:
         """`workers`: processes that parse one file into the cache (None = the usable cores)."""
         parts, stats = [], ReadStats()
         for path in files:
-            if cache_dir is None:
+            if binary_data.is_dataset(path):  # memory-mapped as it is: no text pass
+                part, info = _open_binary(path, reader, cache_dir)
+            elif cache_dir is None:
                 part, info = _read_into_memory(path, reader)
             else:
                 part, info = _read_cached(path, reader, cache_dir, workers)
@@ -163,7 +165,10 @@ class Dataset:
         return (n + batch_size - 1) // batch_size
 
 
-def _to_batch(part: Columns, index) -> Batch:
+def _to_batch(part, index) -> Batch:
+    if isinstance(part, binary_data.BinaryPart):
+        ids, labels, sample_id = part.gather(index)
+        return Batch(ids, labels.astype(np.float32), sample_id)
     return Batch(
         np.ascontiguousarray(_rows(part.ids, index), dtype=np.int64),
         np.ascontiguousarray(part.labels[index], dtype=np.float32),
@@ -196,6 +201,19 @@ def _rows(column: np.ndarray, index) -> np.ndarray:
 # ----------------------------------------------------------------------------- reading
 def _empty_info() -> dict:
     return {"rows": 0, "bad_lines": 0, "bad_examples": [], "filtered": {}}
+
+
+def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinaryPart, dict]:
+    """A binary data set; `cache_dir` keeps its users' common ids laid out for the reader."""
+    open_binary = getattr(reader, "open_binary", None)
+    if open_binary is None:
+        raise UserError(
+            f"{path} is a binary data set, which the reader {type(reader).__module__} cannot read"
+        )
+    part = open_binary(path).prepare(cache_dir)
+    info = _empty_info()
+    info["rows"] = len(part)
+    return part, info
 
 
 def _read_into_memory(path: str, reader) -> tuple[Columns, dict]:

@@ -1,4 +1,5 @@
-"""Ali-CCP reader: PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`.
+"""Ali-CCP reader: PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`, or the
+converter's binary data set (a folder with `dataset.json`, see `utils.binary_data`).
 
 Every token from the 4th column on of the form `field:feasign` is a feature (PaddleRec's own
 reader skips the 4th column, which in its published sample holds a real feature); tokens without
@@ -8,6 +9,7 @@ Ali-CCP (a purchase without a click) and are dropped and counted.
 
 from __future__ import annotations
 
+from utils.binary_data import BinaryPart
 from utils.slot_parser import BadLines, SlotParser
 
 NOISE = "click=0,buy=1 rows (a buy without a click is noise in Ali-CCP)"
@@ -39,6 +41,17 @@ class Reader:
             "sparse_feature_number": self.sparse_feature_number,
             "hash_ids": self.hash_ids,
         }
+
+    def open_binary(self, path: str) -> BinaryPart:
+        """The binary data set in folder `path` (the converter's default output), for this
+        reader's fields: its rows hold the ids the slot text of the same data would give."""
+        return BinaryPart(
+            path,
+            self.layout,
+            self.label_names,
+            id_limit=self.sparse_feature_number,
+            hash_ids=self.hash_ids,
+        )
 
     def max_id(self) -> int:
         return self.sparse_feature_number - 1
