@@ -99,7 +99,7 @@ class DygraphEngine:
     def __init__(self, adapter_module, config, training: bool = True, world: World | None = None):
         self.config = config
         self.model = adapter_module.DygraphModel()
-        # fresh parameter names (embedding_0.w_0, ...) whatever ran before in this process:
+        # fresh parameter names (sparse_embedding_0.w_0, ...) whatever ran before in this process:
         # the optimizer's saved state is keyed by them
         self.optimizer = self.row_optimizer = None
         with paddle.utils.unique_name.guard():
@@ -108,7 +108,7 @@ class DygraphEngine:
                 self.optimizer = self.model.create_optimizer(self.net, config)
                 self.row_optimizer = _embedding_optimizer(self.model, config)
         # structured name -> table, slots made now so that resuming can fill them
-        self.row_tables = row_tables(self.net) if self.row_optimizer else {}
+        self.row_tables = row_tables(self.net) if self.row_optimizer is not None else {}
         for table in self.row_tables.values():
             self.row_optimizer.create_slots(table)
         # DataParallel broadcasts rank 0's weights, then all-reduces gradients in backward()
@@ -248,7 +248,7 @@ class StaticEngine:
     """Train and infer programs share parameters by name in the global scope.
 
     Both programs are built under a fresh `unique_name.guard()`, so the same layer code gives
-    the same parameter names (`embedding_0.w_0`, ...) in each.
+    the same parameter names (`sparse_embedding_0.w_0`, ...) in each.
     """
 
     name = "static"
