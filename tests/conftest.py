@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,22 @@ def run_group(cmd, *, timeout: float, check: bool = False, **kwargs):
 def _kill_group(pgid: int):
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def fleet_command(log_dir, tool: str, *overrides: str) -> list[str]:
+    """tools/<tool>.py on the default config, 2 data-parallel ranks (`paddle.distributed.launch`),
+    each rank's output in `log_dir/workerlog.<rank>`."""
+    return [
+        *(sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"),
+        *("--log_dir", str(log_dir), os.path.join(ROOT, "tools", f"{tool}.py")),
+        *("-m", ESMM_CONFIG, "-o", "runner.use_fleet=True", *overrides),
+    ]
+
+
+def launch_fleet(log_dir, tool: str, *overrides: str):
+    """Run `fleet_command`; returns (the launcher's CompletedProcess, [rank 0 log, rank 1 log])."""
+    proc = run_group(fleet_command(log_dir, tool, *overrides), timeout=300, cwd=ROOT)
+    return proc, [(Path(log_dir) / f"workerlog.{r}").read_text() for r in (0, 1)]
 
 
 def run_tool(tool: str, *args: str, cwd: str = ROOT, timeout: int = 300):

@@ -203,28 +203,14 @@ def test_training_on_either_form_gives_identical_metrics(converted, tmp_path, to
 def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
     """Two data-parallel processes (each rank its share of every shuffled epoch) train to the
     same metrics, and evaluate the whole test split, from either form."""
-    import os
-    import sys
-
-    from conftest import ROOT, run_group
+    from conftest import launch_fleet
 
     slot, binary, meta = converted
     records = {}
     for name, data in (("slot", slot), ("bin", binary)):
-        logs = tmp_path / f"log-{name}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "paddle.distributed.launch",
-            "--nproc_per_node",
-            "2",
-            "--log_dir",
-            str(logs),
-            os.path.join(ROOT, "tools", "trainer.py"),
-            "-m",
-            ESMM_CONFIG,
-            "-o",
-            "runner.use_fleet=True",
+        proc, (log0, _) = launch_fleet(
+            tmp_path / f"log-{name}",
+            "trainer",
             f"runner.train_data_dir={data / 'train_data'}",
             f"runner.test_data_dir={data / 'test_data'}",
             f"runner.model_save_path={tmp_path / name}",
@@ -233,9 +219,7 @@ def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
             "runner.train_batch_size=128",
             "runner.evaluate_each_epoch=True",
             f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
-        ]
-        proc = run_group(cmd, timeout=300, cwd=ROOT)
-        log0 = (logs / "workerlog.0").read_text()
+        )
         assert proc.returncode == 0, log0[-3000:]
         assert "on each of 2 ranks" in log0
         assert f"(samples {meta['rows']['test']:,}," in log0  # the whole split, gathered

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ESMM_CONFIG, ROOT
-from test_reliability import launch, metric_lines, params, train_in_process
+from conftest import ESMM_CONFIG, ROOT, fleet_command, launch_fleet
+from test_reliability import metric_lines, params, train_in_process
 from utils import checkpoint, engines
 
 # the bundled sample: 4000 rows, batches of 256 -> 16 batches per epoch
@@ -297,10 +297,7 @@ def fleet_sigterm_then_resume(tmp_path, tool, args, reference):
     with 2 ranks ends exactly as the uninterrupted run."""
     save, logs_dir = tmp_path / "stopped", tmp_path / "log-stopped"
     popen = subprocess.Popen(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"]
-        + ["--log_dir", str(logs_dir), os.path.join(ROOT, "tools", f"{tool}.py")]
-        + ["-m", ESMM_CONFIG, "-o", "runner.use_fleet=True", *args]
-        + [f"runner.model_save_path={save}"],
+        fleet_command(logs_dir, tool, *args, f"runner.model_save_path={save}"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -328,8 +325,12 @@ def fleet_sigterm_then_resume(tmp_path, tool, args, reference):
         * 2
     ), logs[0][-2000:] + logs[1][-2000:]
     assert "FatalError" not in logs[0] + logs[1]
-    proc, logs = launch(
-        tmp_path / "resumed", tool, *args, f"runner.model_save_path={save}", "runner.resume=True"
+    proc, logs = launch_fleet(
+        tmp_path / "resumed" / f"log-{tool}",
+        tool,
+        *args,
+        f"runner.model_save_path={save}",
+        "runner.resume=True",
     )
     assert proc.returncode == 0, logs[0][-2000:]
     assert "resuming in epoch 0 after batch 10/16 (step 10)" in logs[0]

@@ -2,13 +2,12 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
-from conftest import ESMM_CONFIG, ESMM_DIR, ROOT, run_group, run_tool
+from conftest import ESMM_CONFIG, ESMM_DIR, launch_fleet, run_tool
 from utils.cli import main as cli_main
 
 SAMPLE_TRAIN = os.path.join(ESMM_DIR, "data", "train", "part-00000.txt")
@@ -252,27 +251,6 @@ def test_divergence_stops_with_the_step_number(tmp_path, capsys):
     assert not (tmp_path / "o" / "0").exists()
 
 
-def launch(tmp_path, tool, *overrides):
-    cmd = [
-        sys.executable,
-        "-m",
-        "paddle.distributed.launch",
-        "--nproc_per_node",
-        "2",
-        "--log_dir",
-        str(tmp_path / f"log-{tool}"),
-        os.path.join(ROOT, "tools", f"{tool}.py"),
-        "-m",
-        ESMM_CONFIG,
-        "-o",
-        "runner.use_fleet=True",
-        *overrides,
-    ]
-    proc = run_group(cmd, timeout=300, cwd=ROOT)
-    logs = {r: (tmp_path / f"log-{tool}" / f"workerlog.{r}").read_text() for r in (0, 1)}
-    return proc, logs
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["trainer", "static_trainer"])
 def test_two_process_data_parallel_equals_one_process_with_double_batch(tmp_path, tool):
@@ -283,8 +261,8 @@ def test_two_process_data_parallel_equals_one_process_with_double_batch(tmp_path
         "runner.evaluate_each_epoch=True",
         "runner.print_interval=4",
     ]
-    proc, logs = launch(
-        tmp_path,
+    proc, logs = launch_fleet(
+        tmp_path / f"log-{tool}",
         tool,
         *common,
         f"runner.model_save_path={tmp_path / 'dp'}",

@@ -1081,42 +1081,43 @@ def _render_lines(n_rows, tok_row, tok_field, tok_val):
     return out[:p], row_len
 
 
+def _seen_runs(path, sizes, counts, progress):
+    """Runs of common rows (either split) with their keys looked up in the vocabulary: yields
+    (rows in the run, the row of each seen key, the seen keys, their feasigns). Unseen keys are
+    dropped, as the slot text drops them; `counts` ([tokens, unseen]) adds up both."""
+    for r, r2, keys in _key_runs(path, sizes, 4 << 20):
+        rows = np.repeat(np.arange(r2 - r), sizes[r:r2])
+        fs = _lookup(keys)
+        seen = fs > 0
+        counts[0] += len(fs)
+        counts[1] += int((~seen).sum())
+        yield r2 - r, rows[seen], keys[seen], fs[seen]
+        progress(len(keys) * 8)
+
+
 def _render_common_task(task, progress):
     """Render the slot text of a run of common rows (either split) from their keys."""
     path, sizes, out = task
-    lens, n_tok, n_unseen = [], 0, 0
+    lens, counts = [], [0, 0]
     with open(out, "wb") as wh:
-        for r, r2, keys in _key_runs(path, sizes, 4 << 20):
-            rows = np.repeat(np.arange(r2 - r), sizes[r:r2])
-            fs = _lookup(keys)
-            seen = fs > 0
-            n_tok += len(fs)
-            n_unseen += int((~seen).sum())
-            text, row_len = _render_lines(r2 - r, rows[seen], keys[seen] >> KEY_SHIFT, fs[seen])
+        for n, rows, keys, fs in _seen_runs(path, sizes, counts, progress):
+            text, row_len = _render_lines(n, rows, keys >> KEY_SHIFT, fs)
             wh.write(text)
             lens.append(row_len)
-            progress(len(keys) * 8)
     lens = np.concatenate(lens) if lens else np.zeros(0, np.int64)
-    return {"sizes": lens, "tokens": n_tok, "unseen": n_unseen}
+    return {"sizes": lens, "tokens": counts[0], "unseen": counts[1]}
 
 
 def _common_ids_task(task, progress):
-    """Binary output: the feasigns of a run of common rows (either split), int32, in raw order;
-    unseen keys are dropped, as the slot text drops them."""
+    """Binary output: the feasigns of a run of common rows (either split), int32, in raw order."""
     path, sizes, out = task
-    lens, n_tok, n_unseen = [], 0, 0
+    lens, counts = [], [0, 0]
     with open(out, "wb") as wh:
-        for r, r2, keys in _key_runs(path, sizes, 4 << 20):
-            rows = np.repeat(np.arange(r2 - r), sizes[r:r2])
-            fs = _lookup(keys)
-            seen = fs > 0
-            n_tok += len(fs)
-            n_unseen += int((~seen).sum())
-            fs[seen].astype(np.int32).tofile(wh)
-            lens.append(np.bincount(rows[seen], minlength=r2 - r))
-            progress(len(keys) * 8)
+        for n, rows, _, fs in _seen_runs(path, sizes, counts, progress):
+            fs.astype(np.int32).tofile(wh)
+            lens.append(np.bincount(rows, minlength=n))
     lens = np.concatenate(lens) if lens else np.zeros(0, np.int64)
-    return {"sizes": lens, "tokens": n_tok, "unseen": n_unseen}
+    return {"sizes": lens, "tokens": counts[0], "unseen": counts[1]}
 
 
 class _Blobs:
