@@ -1,4 +1,5 @@
-"""Shared test helpers. `tools/` and the repo root are on sys.path via pyproject.toml."""
+"""Shared test helpers. The package `paddle_rec_zoo` is installed (requirements.txt); the scripts of `tools/` and
+`datasets/ali-ccp/` import as modules (pyproject.toml puts their folders on the tests' path)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def esmm_module(name: str):
-    from utils.model_loader import load_model_module
+    from paddle_rec_zoo.model_loader import load_model_module
 
     return load_model_module(ESMM_DIR, name)
 
 
 def esmm_config(*overrides: str, path: str = ESMM_CONFIG):
-    from utils.config import load_config
+    from paddle_rec_zoo.config import load_config
 
     hyper = esmm_module("net").HyperParameters
     return load_config(path, list(overrides), hyper)

@@ -3,11 +3,9 @@
 import os
 import sys
 
+import benchmark  # tools/ is on the tests' path (pyproject.toml)
 import pytest
 from conftest import ROOT, run_group
-
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import benchmark  # noqa: E402
 
 
 def test_update_doc_replaces_only_the_table(tmp_path):

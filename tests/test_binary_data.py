@@ -1,4 +1,4 @@
-"""The converter's binary data set (tools/utils/binary_data.py) against its slot text.
+"""The converter's binary data set (paddle_rec_zoo/binary_data.py) against its slot text.
 
 The same raw files are converted twice, `--format slot` and the default binary; the data layer
 must hand the model exactly the same batches from both, and a training run the same metrics.
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from conftest import ESMM_CONFIG, esmm_config, esmm_module
 from test_convert_raw import common_line, item, skel_line, write_raw
-from utils.binary_data import BinaryPart
-from utils.data import Dataset, list_data_files
-from utils.errors import UserError
+
+from paddle_rec_zoo.binary_data import BinaryPart
+from paddle_rec_zoo.data import Dataset, list_data_files
+from paddle_rec_zoo.errors import UserError
 
 
 def overlapping_raw(d: Path, n_users=30, n_rows=1200, seed=3) -> Path:
@@ -165,7 +166,7 @@ def test_a_damaged_data_set_is_one_line(converted, tmp_path):
 
 
 def train_and_predict(tool: str, data: Path, out: Path, n_ids: int) -> tuple[list, str]:
-    from utils.cli import main
+    from paddle_rec_zoo.cli import main
 
     opts = [
         f"runner.train_data_dir={data / 'train_data'}",
@@ -234,7 +235,7 @@ def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
 def test_resuming_on_the_binary_form_finishes_the_same_run(converted, tmp_path):
     """The epoch order is seeded by (seed, epoch) whatever the form: an interrupted run resumed
     on the binary data set logs what the uninterrupted one does."""
-    from utils.cli import main
+    from paddle_rec_zoo.cli import main
 
     _, binary, meta = converted
 

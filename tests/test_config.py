@@ -2,8 +2,9 @@ import os
 
 import pytest
 from conftest import ESMM_CONFIG, esmm_config
-from utils.config import parse_overrides, yaml_load
-from utils.errors import UserError
+
+from paddle_rec_zoo.config import parse_overrides, yaml_load
+from paddle_rec_zoo.errors import UserError
 
 
 def test_defaults_and_paths_relative_to_config_file():

@@ -6,8 +6,9 @@ import time
 import numpy as np
 import pytest
 from conftest import esmm_config, esmm_module
-from utils.data import Dataset, list_data_files, prefetch
-from utils.errors import UserError
+
+from paddle_rec_zoo.data import Dataset, list_data_files, prefetch
+from paddle_rec_zoo.errors import UserError
 
 
 def write_rows(path, rows, start=1):
@@ -103,7 +104,7 @@ def test_prefetch_passes_items_and_errors_through():
 
 
 def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypatch):
-    import utils.data as data
+    import paddle_rec_zoo.data as data
 
     write_rows(tmp_path / "a.txt", 3000)
     monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # this small file: 3 processes
@@ -128,7 +129,7 @@ def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypat
 
 
 def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_path, monkeypatch):
-    import utils.data as data
+    import paddle_rec_zoo.data as data
 
     write_rows(tmp_path / "a.txt", 700)
     ds = Dataset.load([str(tmp_path / "a.txt")], reader(), str(tmp_path / "cache"))

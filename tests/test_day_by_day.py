@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import synthetic
 from conftest import ESMM_CONFIG
-from utils.cli import main as cli_main
+
+from paddle_rec_zoo.cli import main as cli_main
 
 DAY = dict(n_train=4000, seed=7, preset="sample", test_ratio=0.0)
 EVAL = re.compile(r"epoch 3 \[dygraph\]: auc_ctr (\S+) auc_cvr (\S+) auc_ctcvr (\S+)")

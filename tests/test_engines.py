@@ -5,8 +5,9 @@ import os
 import paddle
 import pytest
 from conftest import esmm_config
-from utils import engines
-from utils.data import usable_cores
+
+from paddle_rec_zoo import engines
+from paddle_rec_zoo.data import usable_cores
 
 
 class RecordingConfig:
@@ -42,7 +43,7 @@ def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, s
 
 
 def test_math_threads_zero_shares_the_cores_among_local_ranks(monkeypatch):
-    from utils.runtime import math_threads
+    from paddle_rec_zoo.runtime import math_threads
 
     monkeypatch.delenv("PADDLE_LOCAL_SIZE", raising=False)
     assert math_threads(0) == usable_cores()

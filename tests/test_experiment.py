@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 from conftest import ESMM_CONFIG, ESMM_DIR, run_tool
-from utils import experiment_table as table
+
+from paddle_rec_zoo import experiment_table as table
 
 
 def test_scoring_uses_clicked_rows_and_truth_labels(tmp_path):

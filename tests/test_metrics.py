@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from conftest import esmm_module
 from sklearn.metrics import roc_auc_score
-from utils.metrics import StreamingAUC, auc, calibration, logloss
+
+from paddle_rec_zoo.metrics import StreamingAUC, auc, calibration, logloss
 
 
 def test_auc_known_values():

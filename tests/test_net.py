@@ -24,7 +24,7 @@ def random_batch(cfg, n=64, seed=0):
 
 def batch_of(cfg, n=128, seed=0):
     """`random_batch` as the engines take it: a `Batch` with labels [n, 2]."""
-    from utils.data import Batch
+    from paddle_rec_zoo.data import Batch
 
     ids, click, buy = random_batch(cfg, n=n, seed=seed)
     return Batch(ids, np.concatenate([click, buy], axis=1), np.arange(n))

@@ -4,8 +4,9 @@ import numpy as np
 import paddle
 from conftest import esmm_config, esmm_module
 from test_net import batch_of, random_batch
-from utils.data import Batch
-from utils.engines import DygraphEngine, StaticEngine
+
+from paddle_rec_zoo.data import Batch
+from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 
 
 def test_dygraph_and_static_outputs_agree_from_the_same_weights(tmp_path):

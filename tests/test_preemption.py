@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import ESMM_CONFIG, ROOT, fleet_command, launch_fleet
 from test_reliability import metric_lines, params, train_in_process
-from utils import checkpoint, engines
+
+from paddle_rec_zoo import checkpoint, engines
 
 # the bundled sample: 4000 rows, batches of 256 -> 16 batches per epoch
 BATCHES = 16
@@ -201,7 +202,7 @@ def test_a_truncated_checkpoint_names_its_file(tmp_path, capsys, monkeypatch, na
 
 
 def test_a_signal_before_training_starts_ends_at_once_with_one_line(tmp_path, capsys, monkeypatch):
-    from utils import loop
+    from paddle_rec_zoo import loop
 
     def load_dataset(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)

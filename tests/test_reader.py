@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 from conftest import FIXTURES, esmm_config, esmm_module
-from utils.errors import UserError
-from utils.slot_parser import BadLines, Columns, FieldLayout, SlotParser
+
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.slot_parser import BadLines, Columns, FieldLayout, SlotParser
 
 ALICCP = os.path.join(FIXTURES, "aliccp")
 
@@ -137,7 +138,7 @@ def test_unknown_fields_do_not_need_valid_ids():
 
 
 def test_eight_bytes_at_a_time_helpers_match_python():
-    from utils.slot_parser import _first_byte, _parse_uints, _words
+    from paddle_rec_zoo.slot_parser import _first_byte, _parse_uints, _words
 
     spans = ["0", "7", "42", "00012", "12345678", "99999999", "123456789", "100000000"]
     spans += ["123456789012345678", "1234567890123456789", "", "12a4", "1:2", "-3", "9" * 17]

@@ -8,7 +8,8 @@ import numpy as np
 import paddle
 import pytest
 from conftest import ESMM_CONFIG, ESMM_DIR, launch_fleet, run_tool
-from utils.cli import main as cli_main
+
+from paddle_rec_zoo.cli import main as cli_main
 
 SAMPLE_TRAIN = os.path.join(ESMM_DIR, "data", "train", "part-00000.txt")
 SAMPLE_TEST = os.path.join(ESMM_DIR, "data", "test", "part-00000.txt")
@@ -210,7 +211,8 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path, engine):
     """A resumed engine continues the schedule where it stopped (config_bigdata uses one)."""
     from conftest import esmm_config, esmm_module
     from test_net import batch_of
-    from utils.engines import DygraphEngine, StaticEngine
+
+    from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 
     cfg = esmm_config(
         "hyper_parameters.sparse_feature_number=500",

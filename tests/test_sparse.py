@@ -1,4 +1,4 @@
-"""Row-wise embedding updates (utils/sparse.py): the rules on hand-computed values, only the looked-up
+"""Row-wise embedding updates (paddle_rec_zoo/sparse.py): the rules on hand-computed values, only the looked-up
 rows and slots change, both engines agree, the dense path is gone from the static program."""
 
 import numpy as np
@@ -7,9 +7,10 @@ import pytest
 from conftest import esmm_config, esmm_module
 from test_net import batch_of
 from test_parity import assert_same_losses_in_both_engines
-from utils.engines import DygraphEngine, StaticEngine
-from utils.errors import UserError
-from utils.sparse import ROW_OPTIMIZERS, RowLookup, RowOptimizer, unique_ids
+
+from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.sparse import ROW_OPTIMIZERS, RowLookup, RowOptimizer, unique_ids
 
 TABLE = "inputs.0.embedding.weight"
 
@@ -88,7 +89,7 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
     )
     width = cfg_lazy.hyper_parameters.layout().width
     rng = np.random.default_rng(1)
-    from utils.data import Batch
+    from paddle_rec_zoo.data import Batch
 
     ids = np.stack([rng.permutation(np.arange(1, 40))[:width] for _ in range(64)])
     ids[: 39 // width + 1].ravel()[:39] = np.arange(1, 40)  # every row 1..39 in the batch

@@ -11,8 +11,9 @@ from conftest import ESMM_DIR, esmm_config, esmm_module
 from test_net import batch_of, random_batch
 from test_net import small_config as small
 from test_parity import assert_same_losses_in_both_engines
-from utils.engines import DygraphEngine, StaticEngine
-from utils.errors import UserError
+
+from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.errors import UserError
 
 VARIANTS = ["esmm", "esmm_ns", "base", "division"]
 GROUPS = (

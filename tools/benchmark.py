@@ -143,10 +143,9 @@ def overrides(args, meta: dict, save: str) -> list[str]:
 # ----------------------------------------------------------------------------- probes
 def _probe_setup(args, static: bool = False):
     """Config, reader and datasets as the CLIs build them (inside a probe process)."""
-    sys.path.insert(0, TOOLS)
-    from utils import runtime
-    from utils.config import load_config
-    from utils.model_loader import load_model_module
+    from paddle_rec_zoo import runtime
+    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.model_loader import load_model_module
 
     adapter = load_model_module(MODEL_DIR, "static_model" if static else "dygraph_model")
     cls = adapter.StaticModel if static else adapter.DygraphModel
@@ -157,7 +156,7 @@ def _probe_setup(args, static: bool = False):
 
 
 def _dataset(config, reader, split: str):
-    from utils.data import Dataset, list_data_files
+    from paddle_rec_zoo.data import Dataset, list_data_files
 
     folder = getattr(config.runner, f"{split}_data_dir")
     return Dataset.load(list_data_files(folder, split), reader, config.runner.cache_dir)
@@ -203,7 +202,7 @@ def probe(args) -> dict:
     if name.startswith("compute_") and name != "compute_inference":
         static = name == "compute_static"
         adapter, config, reader, place = _probe_setup(args, static)
-        from utils import engines
+        from paddle_rec_zoo import engines
 
         dataset = _dataset(config, reader, "train")
         batches = _in_memory_batches(dataset, config.runner.train_batch_size, args.steps, True)
@@ -214,7 +213,7 @@ def probe(args) -> dict:
         return {"rate": _timed_steps(engine.train_step, batches, warmup=10)}
     if name == "compute_inference":
         adapter, config, reader, _ = _probe_setup(args, static=True)
-        from utils import engines
+        from paddle_rec_zoo import engines
 
         dataset = _dataset(config, reader, "test")
         batches = _in_memory_batches(
@@ -232,8 +231,9 @@ def baseline(args, train: bool) -> dict:
     """PaddleRec's approach: per-line Python parsing in an IterableDataset feeding the network."""
     adapter, config, _, _ = _probe_setup(args)
     import paddle
-    from utils.baseline_reader import feeds, loader
-    from utils.data import list_data_files
+
+    from paddle_rec_zoo.baseline_reader import feeds, loader
+    from paddle_rec_zoo.data import list_data_files
 
     hp = config.hyper_parameters
     split = "train" if train else "test"

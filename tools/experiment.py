@@ -7,7 +7,7 @@
 Each (variant, seed) is trained by the engine's trainer tool and its last epoch (or `best/` with
 `--checkpoint best`) evaluated by the infer tool, both as subprocesses (Paddle's static mode is
 process-global), with `hyper_parameters.variant` and `runner.seed` set. The predictions are
-scored by `utils/experiment_table.py`; the outputs in `--out`:
+scored by `paddle_rec_zoo/experiment_table.py`; the outputs in `--out`:
 
     results.jsonl   one line per run          results.md   the table (AUC %, mean ± std)
     results.png     bars with ±std            runs/<variant>-s<seed>/   checkpoints, logs, predictions
@@ -59,14 +59,14 @@ def run_tool(tool: str, config: str, overrides: list[str], log_path: str):
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read().splitlines()[-15:]
-        from utils.errors import UserError
+        from paddle_rec_zoo.errors import UserError
 
         raise UserError(f"{tool} failed (see {log_path}):\n" + "\n".join(tail))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from utils.errors import UserError
+    from paddle_rec_zoo.errors import UserError
 
     try:
         return run(args)
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from utils import experiment_table as table
-    from utils.config import load_config
-    from utils.errors import UserError
-    from utils.model_loader import load_model_module
-    from utils.progress import log
+    from paddle_rec_zoo import experiment_table as table
+    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.errors import UserError
+    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.progress import log
 
     model_dir = os.path.dirname(os.path.abspath(args.config))
     hyper_cls = load_model_module(model_dir, "dygraph_model").DygraphModel.hyper_parameters_class

@@ -5,7 +5,7 @@ python tools/static_trainer.py -m models/multitask/esmm/config.yaml [-o section.
 
 import sys
 
-from utils.cli import main
+from paddle_rec_zoo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main("static_trainer"))

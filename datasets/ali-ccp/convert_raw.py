@@ -14,7 +14,7 @@ a feature list is ``field\\x02feature_id\\x03value`` items joined by ``\\x01``.
 Output (``OUT_DIR``): ``train_data/``, ``test_data/`` and ``meta.json``. By default each split
 folder is a normalised binary data set (``dataset.json`` and flat arrays: per impression its
 sample id, labels, own feasigns and the row of its user's common feasigns, which are stored once;
-layout in ``tools/utils/binary_data.py``). With ``--format slot``: ``part-NNNNN.txt`` files, one
+layout in ``paddle_rec_zoo/binary_data.py``). With ``--format slot``: ``part-NNNNN.txt`` files, one
 line per kept skeleton row, ``sample_id,click,buy`` then ``,field:feasign`` tokens (the
 skeleton's features in their raw order, then the user's common features in their raw order).
 Both forms hold the same rows and ids. Also ``vocab.txt`` (line n: ``field:feature_id`` of
@@ -132,7 +132,7 @@ BLOCK_BYTES = 8 << 20  # bytes parsed at a time by a worker (bounds its memory)
 TASK_BYTES = 64 << 20  # bytes of raw input per task, and per output part file
 _PIECES_PER_WRITE = 1024
 EXIT_USER_ERROR = 2
-BINARY_FORMAT = "ali-ccp-binary/1"  # the marker tools/utils/binary_data.py looks for
+BINARY_FORMAT = "ali-ccp-binary/1"  # the marker paddle_rec_zoo/binary_data.py looks for
 PART_COLUMNS = ("sample_id", "labels", "user", "item_len", "item_ids")
 COMMON_COLUMNS = ("common_offsets", "common_ids")
 FORMATS = ("binary", "slot")
@@ -2005,7 +2005,7 @@ def _build_index(results, path, skip_bad, meta):
 
 def _join_parts(folder, parts, common, meta, fields, numbered):
     """Append the skeleton parts' columns, in file order, and the common rows into one binary
-    data set in `folder` (the layout is described in doc/data.md and tools/utils/binary_data.py).
+    data set in `folder` (the layout is described in doc/data.md and paddle_rec_zoo/binary_data.py).
     """
     n_items = n_common = 0
     with contextlib.ExitStack() as stack:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from utils.metrics import StreamingAUC, auc, calibration, logloss
+
+from paddle_rec_zoo.metrics import StreamingAUC, auc, calibration, logloss
 
 ALL_METRICS = ("auc", "logloss", "calibration")
 

@@ -29,9 +29,10 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from utils.errors import UserError
-from utils.slot_parser import FieldLayout
-from utils.sparse import ROW_OPTIMIZERS, RowOptimizer, SparseEmbedding
+
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.slot_parser import FieldLayout
+from paddle_rec_zoo.sparse import ROW_OPTIMIZERS, RowOptimizer, SparseEmbedding
 
 # PaddleRec's field order for Ali-CCP (user, user histories, item, crosses, context).
 ALI_CCP_FIELDS = [
@@ -90,7 +91,7 @@ class OptimizerConfig:
 class EmbeddingOptimizerConfig:
     """How the embedding tables learn (`hyper_parameters.embedding_optimizer`).
 
-    A row-wise rule updates only the rows a batch looks up, with per-row state (utils/sparse.py):
+    A row-wise rule updates only the rows a batch looks up, with per-row state (paddle_rec_zoo/sparse.py):
     a step costs the same at 300k or 30M rows. `dense` makes the tables ordinary parameters of
     `optimizer` (a dense gradient and update of every row on every step: the cost grows with
     the table).

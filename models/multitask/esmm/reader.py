@@ -1,5 +1,5 @@
 """Ali-CCP reader: PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`, or the
-converter's binary data set (a folder with `dataset.json`, see `utils.binary_data`).
+converter's binary data set (a folder with `dataset.json`, see `paddle_rec_zoo.binary_data`).
 
 Every token from the 4th column on of the form `field:feasign` is a feature (PaddleRec's own
 reader skips the 4th column, which in its published sample holds a real feature); tokens without
@@ -9,8 +9,8 @@ Ali-CCP (a purchase without a click) and are dropped and counted.
 
 from __future__ import annotations
 
-from utils.binary_data import BinaryPart
-from utils.slot_parser import BadLines, SlotParser
+from paddle_rec_zoo.binary_data import BinaryPart
+from paddle_rec_zoo.slot_parser import BadLines, SlotParser
 
 NOISE = "click=0,buy=1 rows (a buy without a click is noise in Ali-CCP)"
 

@@ -127,7 +127,7 @@ def load_metrics_state(metrics, state: dict, source: str):
     if set(expected) != set(state) or any(
         expected[k].shape != np.shape(state[k]) for k in expected
     ):
-        from utils.errors import UserError
+        from paddle_rec_zoo.errors import UserError
 
         raise UserError(
             f"{source}: the saved training metrics ({', '.join(sorted(state))}) do not fit "

@@ -4,7 +4,7 @@
 
 A `UserError` (bad config, bad data, missing checkpoint) is printed as one line and exits 2.
 SIGTERM or SIGINT prints one line and exits 128 + the signal's number; while training, it first
-saves a checkpoint of the step it stopped at (`utils.signals`).
+saves a checkpoint of the step it stopped at (`paddle_rec_zoo.signals`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def parse_args(tool: str, argv=None) -> argparse.Namespace:
 
 def main(tool: str, argv=None) -> int:
     args = parse_args(tool, argv)
-    from utils import signals
-    from utils.errors import UserError
+    from paddle_rec_zoo import signals
+    from paddle_rec_zoo.errors import UserError
 
     try:
         return run(tool, args)
@@ -77,7 +77,7 @@ def main(tool: str, argv=None) -> int:
 def check_reader_keys(config):
     """Both reader keys must name a module of the model folder. PaddleRec's configs name their
     own `esmm_reader`: say which module to use instead, as the one edit such a config needs."""
-    from utils.errors import UserError
+    from paddle_rec_zoo.errors import UserError
 
     r, folder = config.runner, config.model_dir
     keys = ("train_reader_path", "infer_reader_path")
@@ -104,14 +104,14 @@ def check_reader_keys(config):
 
 
 def run(tool: str, args) -> int:
-    from utils import signals
+    from paddle_rec_zoo import signals
 
     with signals.installed():  # Paddle's import installs its C++ handlers; ours replace them
         import paddle  # noqa: F401
 
-    from utils import runtime
-    from utils.config import load_config
-    from utils.model_loader import load_model_module
+    from paddle_rec_zoo import runtime
+    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.model_loader import load_model_module
 
     engine_kind, job = TOOLS[tool]
     model_dir = os.path.dirname(os.path.abspath(args.config))
@@ -124,7 +124,7 @@ def run(tool: str, args) -> int:
     reader_key = "train_reader_path" if job == "train" else "infer_reader_path"
     reader_module = load_model_module(model_dir, getattr(config.runner, reader_key))
 
-    from utils import distributed, engines, loop, progress
+    from paddle_rec_zoo import distributed, engines, loop, progress
 
     world = distributed.init(config.runner.use_fleet)
     progress.set_quiet(not world.is_main)

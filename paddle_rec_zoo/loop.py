@@ -13,13 +13,13 @@ import zipfile
 import numpy as np
 import paddle
 
-from utils import checkpoint, signals, warm_start
-from utils.data import Dataset, default_cache_dir, list_data_files
-from utils.distributed import World
-from utils.errors import UserError
-from utils.metrics import Collector, fmt, load_metrics_state, metrics_state
-from utils.plot import plot_curves
-from utils.progress import log, progress, set_postfix
+from paddle_rec_zoo import checkpoint, signals, warm_start
+from paddle_rec_zoo.data import Dataset, default_cache_dir, list_data_files
+from paddle_rec_zoo.distributed import World
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.metrics import Collector, fmt, load_metrics_state, metrics_state
+from paddle_rec_zoo.plot import plot_curves
+from paddle_rec_zoo.progress import log, progress, set_postfix
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"

@@ -12,7 +12,7 @@ import os
 import sys
 import types
 
-from utils.errors import UserError
+from paddle_rec_zoo.errors import UserError
 
 
 def _package_name(model_dir: str) -> str:

@@ -38,7 +38,7 @@ import tempfile
 
 import numpy as np
 
-from utils.errors import UserError
+from paddle_rec_zoo.errors import UserError
 
 FORMAT = "ali-ccp-binary/1"
 MARKER = "dataset.json"

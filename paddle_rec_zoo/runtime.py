@@ -8,8 +8,8 @@ import random
 import numpy as np
 import paddle
 
-from utils.data import usable_cores
-from utils.progress import log
+from paddle_rec_zoo.data import usable_cores
+from paddle_rec_zoo.progress import log
 
 
 def math_threads(requested: int) -> int:

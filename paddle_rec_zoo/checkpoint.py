@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 
-from utils.errors import UserError
+from paddle_rec_zoo.errors import UserError
 
 META_FILE = "meta.json"
 STEPS_DIR = "steps"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.errors import UserError
+from paddle_rec_zoo.errors import UserError
 
 _NL, _CR, _COMMA, _COLON, _ZERO, _NINE = 10, 13, 44, 58, 48, 57
 _MAX_DIGITS = 18  # fits int64 without overflow checks

@@ -22,10 +22,10 @@ import tempfile
 import numpy as np
 import paddle
 
-from utils import checkpoint
-from utils.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
-from utils.errors import UserError
-from utils.progress import log
+from paddle_rec_zoo import checkpoint
+from paddle_rec_zoo.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.progress import log
 
 KEY = "runner.model_init_path"
 

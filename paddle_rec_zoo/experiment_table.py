@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from utils.errors import UserError
-from utils.metrics import auc
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.metrics import auc
 
 METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire")
 TITLES = {

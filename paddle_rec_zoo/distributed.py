@@ -11,7 +11,7 @@ Why not `fleet.distributed_optimizer(...).minimize` for the static engine: under
 default static IR) it calls `Program.clone(for_test=...)`, which PIR programs do not accept. We
 append the backward pass ourselves and insert one all-reduce per gradient instead; the same
 collective communicator, set up by `init_parallel_env()`, serves both engines (engines.py).
-Row-wise embedding tables (utils/sparse.py) look up the union of every rank's ids and average
+Row-wise embedding tables (paddle_rec_zoo/sparse.py) look up the union of every rank's ids and average
 their rows' gradients the same way.
 """
 
@@ -24,8 +24,8 @@ import os
 import numpy as np
 import paddle
 
-from utils.errors import UserError
-from utils.metrics import StreamingAUC
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.metrics import StreamingAUC
 
 
 class World:

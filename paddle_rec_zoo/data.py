@@ -1,6 +1,6 @@
 """From data folders to batches: file listing, a parsed-data cache, shuffling, prefetching.
 
-Text is parsed once (vectorised, `utils.slot_parser`; a large file by several processes at once)
+Text is parsed once (vectorised, `paddle_rec_zoo.slot_parser`; a large file by several processes at once)
 into flat binary columns kept in a cache folder; later runs memory-map them (and read the rows of
 very large columns with `pread`), so memory stays flat whatever the data size and start-up is
 instant. The cache entry of a file is keyed by its path, size and modification time and by the
@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utils import binary_data, slot_parser
-from utils.errors import UserError
-from utils.slot_parser import Columns
+from paddle_rec_zoo import binary_data, slot_parser
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.slot_parser import Columns
 
 CACHE_VERSION = 1
 PREAD_BYTES = 1 << 30  # memory-mapped columns at least this large are gathered with pread

@@ -14,7 +14,7 @@ Any other unknown key is still an error, so a typo in one of our keys is caught.
 
 from __future__ import annotations
 
-from utils.errors import UserError
+from paddle_rec_zoo.errors import UserError
 
 _PS = (
     "parameter-server training does not work on the pinned Paddle (doc/distributed.md); "

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from utils import paddlerec_keys
-from utils.errors import UserError
+from paddle_rec_zoo import paddlerec_keys
+from paddle_rec_zoo.errors import UserError
 
 _PATH = "path"
 

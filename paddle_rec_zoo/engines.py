@@ -17,10 +17,10 @@ import pickle
 import numpy as np
 import paddle
 
-from utils.distributed import World
-from utils.errors import UserError
-from utils.runtime import math_threads
-from utils.sparse import row_tables, take_row_lookups
+from paddle_rec_zoo.distributed import World
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.runtime import math_threads
+from paddle_rec_zoo.sparse import row_tables, take_row_lookups
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
