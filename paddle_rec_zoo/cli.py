@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
 # Before Paddle is imported: keep its C++ INFO logging off our console.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -74,35 +73,6 @@ def main(tool: str, argv=None) -> int:
         signals.restore()
 
 
-def check_reader_keys(config):
-    """Both reader keys must name a module of the model folder. PaddleRec's configs name their
-    own `esmm_reader`: say which module to use instead, as the one edit such a config needs."""
-    from paddle_rec_zoo.errors import UserError
-
-    r, folder = config.runner, config.model_dir
-    keys = ("train_reader_path", "infer_reader_path")
-    bad = [k for k in keys if not os.path.exists(os.path.join(folder, f"{getattr(r, k)}.py"))]
-    if not bad:
-        return
-    readers = sorted(
-        name[:-3]
-        for name in os.listdir(folder)
-        if name.endswith(".py") and "class Reader" in Path(folder, name).read_text()
-    )
-    names = " and ".join(f"runner.{k}" for k in bad)
-    missing = sorted({f"{getattr(r, k)}.py" for k in bad})
-    fix = (
-        ", ".join(f"runner.{k}: {readers[0]}" for k in bad)
-        if readers
-        else "the name of a module that defines Reader"
-    )
-    raise UserError(
-        f"{names}: {folder} has no {' or '.join(missing)}; set {fix} in "
-        f"{os.path.basename(config.config_path)} (a config copied from PaddleRec needs only this "
-        "edit)"
-    )
-
-
 def run(tool: str, args) -> int:
     from paddle_rec_zoo import signals
 
@@ -111,7 +81,7 @@ def run(tool: str, args) -> int:
 
     from paddle_rec_zoo import runtime
     from paddle_rec_zoo.config import load_config
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.model_loader import load_model_module, reader_class
 
     engine_kind, job = TOOLS[tool]
     model_dir = os.path.dirname(os.path.abspath(args.config))
@@ -120,9 +90,7 @@ def run(tool: str, args) -> int:
     )
     model_cls = adapter.DygraphModel if engine_kind == "dygraph" else adapter.StaticModel
     config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
-    check_reader_keys(config)
-    reader_key = "train_reader_path" if job == "train" else "infer_reader_path"
-    reader_module = load_model_module(model_dir, getattr(config.runner, reader_key))
+    reader_cls = reader_class(config, job)
 
     from paddle_rec_zoo import distributed, engines, loop, progress
 
@@ -131,21 +99,17 @@ def run(tool: str, args) -> int:
     for note in config.notes:
         progress.log(note)
     place = runtime.setup(config, static=engine_kind == "static")
-    reader = reader_module.Reader(config)
+    reader = reader_cls(config)
     training = job == "train"
+    kwargs = {"training": training, "world": world, "label_names": reader.label_names}
     if engine_kind == "dygraph":
-        engine = engines.DygraphEngine(adapter, config, training=training, world=world)
-        model = engine.model
+        engine = engines.DygraphEngine(adapter, config, **kwargs)
+    elif not training and config.runner.use_inference:
+        engine = engines.InferenceEngine(model_cls(config, reader.label_names).spec, config)
     else:
-        model = model_cls(config)
-        if not training and config.runner.use_inference:
-            engine = engines.InferenceEngine(model_cls.output_names, config)
-        else:
-            engine = engines.StaticEngine(
-                adapter, config, training=training, place=place, world=world
-            )
+        engine = engines.StaticEngine(adapter, config, place=place, **kwargs)
     if training:
-        loop.train(config, engine, model, reader, world)
+        loop.train(config, engine, reader, world)
     else:
-        loop.evaluate(config, engine, model, reader, world)
+        loop.evaluate(config, engine, reader, world)
     return 0

@@ -59,8 +59,9 @@ class RunnerConfig:
 
     train_data_dir: str = path_field()
     test_data_dir: str = path_field()
-    train_reader_path: str = "reader"  # module in the model folder that reads the data files
-    infer_reader_path: str = ""  # the infer tools' reader module; "" = train_reader_path
+    # the data set's reader: ali_ccp (paddle_rec_zoo/ali_ccp.py), or a module of the model folder
+    train_reader_path: str = "ali_ccp"
+    infer_reader_path: str = ""  # the infer tools' reader; "" = train_reader_path
     model_save_path: str = path_field("output")
     infer_load_path: str = path_field()  # where infer tools find checkpoints; "" = model_save_path
     # start training from these weights: a checkpoint folder, or a run folder (its last epoch)

@@ -25,7 +25,6 @@ import numpy as np
 import paddle
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.metrics import StreamingAUC
 
 
 class World:
@@ -61,14 +60,12 @@ class World:
             return out
 
     def merged_metrics(self, metrics):
-        """A copy of a metrics object whose `StreamingAUC` histograms hold every rank's counts."""
+        """A copy of a training-metrics object whose `histograms()` hold every rank's counts."""
         if not self.active:
             return metrics
         merged = copy.deepcopy(metrics)
-        for value in vars(merged).values():
-            if isinstance(value, StreamingAUC):
-                value.pos = self.all_reduce_sum(value.pos)
-                value.neg = self.all_reduce_sum(value.neg)
+        for counts in merged.histograms().values():
+            counts[...] = self.all_reduce_sum(counts)
         return merged
 
     def gather_arrays(self, arrays: dict) -> dict:

@@ -4,6 +4,9 @@
 - `StaticEngine`: a `paddle.static.Program` under PIR, over the model's `StaticModel` adapter.
 - `InferenceEngine`: an exported Paddle Inference model (`paddle.inference` predictor).
 
+Each holds the model's declarations as `spec` (`paddle_rec_zoo.model.ModelSpec`): the inputs
+it feeds, the outputs it returns, the labels and metrics the loops compute.
+
 All three exchange numpy: `train_step(batch) -> (loss, outputs)`, `predict(batch) -> outputs`,
 and weights as `{structured parameter name: array}` (the layer's `state_dict` keys), so a
 checkpoint written by one engine loads in the other.
@@ -19,6 +22,7 @@ import paddle
 
 from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.model_loader import reader_class
 from paddle_rec_zoo.runtime import math_threads
 from paddle_rec_zoo.sparse import row_tables, take_row_lookups
 
@@ -96,17 +100,27 @@ class _DataParallel(paddle.DataParallel):
 class DygraphEngine:
     name = "dygraph"
 
-    def __init__(self, adapter_module, config, training: bool = True, world: World | None = None):
+    def __init__(
+        self,
+        adapter_module,
+        config,
+        training: bool = True,
+        world: World | None = None,
+        label_names: tuple[str, ...] | None = None,
+    ):
+        """`label_names`: the reader's label columns (default: those of the config's reader)."""
         self.config = config
-        self.model = adapter_module.DygraphModel()
+        label_names = label_names or reader_class(config).label_names
+        self.model = adapter_module.DygraphModel(config, label_names)
+        self.spec = self.model.spec
         # fresh parameter names (sparse_embedding_0.w_0, ...) whatever ran before in this process:
         # the optimizer's saved state is keyed by them
         self.optimizer = self.row_optimizer = None
         with paddle.utils.unique_name.guard():
-            self.net = self.model.create_model(config)
+            self.net = self.model.create_model()
             if training:
-                self.optimizer = self.model.create_optimizer(self.net, config)
-                self.row_optimizer = _embedding_optimizer(self.model, config)
+                self.optimizer = self.model.create_optimizer(self.net)
+                self.row_optimizer = self.model.create_embedding_optimizer()
         # structured name -> table, slots made now so that resuming can fill them
         self.row_tables = row_tables(self.net) if self.row_optimizer is not None else {}
         for table in self.row_tables.values():
@@ -114,11 +128,11 @@ class DygraphEngine:
         # DataParallel broadcasts rank 0's weights, then all-reduces gradients in backward()
         self.world = world or World()
         self.train_net = _DataParallel(self.net) if self.world.active and training else self.net
-        self.output_names = self.model.output_names
+        self.output_names = self.spec.outputs
 
     def train_step(self, batch):
         self.net.train()
-        loss, outputs = self.model.train_forward(self.train_net, batch, self.config)
+        loss, outputs = self.model.train_forward(self.train_net, batch)
         loss.backward()
         self.optimizer.step()
         if self.row_optimizer is not None:
@@ -129,7 +143,7 @@ class DygraphEngine:
     def predict(self, batch) -> dict:
         self.net.eval()
         with paddle.no_grad():
-            outputs = self.model.infer_forward(self.net, batch, self.config)
+            outputs = self.model.infer_forward(self.net, batch)
         return {k: outputs[k].numpy().ravel() for k in self.output_names}
 
     def _params(self) -> dict:
@@ -208,12 +222,6 @@ class DygraphEngine:
         self.set_optimizer_state(_load_pickle(folder, OPT_FILE), folder)
 
 
-def _embedding_optimizer(adapter, *config):
-    """The adapter's row-wise embedding optimizer; None for a model without one."""
-    create = getattr(adapter, "create_embedding_optimizer", None)
-    return create(*config) if create is not None else None
-
-
 def _append_update(loss, layer, optimizer, row_optimizer, world: World):
     """Append one training step to the current static program: one backward pass for the
     dense parameters and the looked-up embedding rows, the gradients' average over the ranks
@@ -254,27 +262,32 @@ class StaticEngine:
     name = "static"
 
     def __init__(
-        self, adapter_module, config, training: bool = True, place=None, world: World | None = None
+        self,
+        adapter_module,
+        config,
+        training: bool = True,
+        place=None,
+        world: World | None = None,
+        label_names: tuple[str, ...] | None = None,
     ):
+        """`label_names`: the reader's label columns (default: those of the config's reader)."""
         world = world or World()
         paddle.enable_static()
         self.config = config
         self.place = place or paddle.CPUPlace()
         self.exe = paddle.static.Executor(self.place)
         self.scope = paddle.static.global_scope()
+        label_names = label_names or reader_class(config).label_names
         model_cls = adapter_module.StaticModel
-        self.output_names = model_cls.output_names
-        self.label_names = model_cls.label_names
         startup = paddle.static.Program()
         self.row_optimizer = None
         if training:
             self.train_program = paddle.static.Program()
-            model = model_cls(config)
+            model = model_cls(config, label_names)
             with paddle.utils.unique_name.guard():
                 with paddle.static.program_guard(self.train_program, startup):
-                    feeds = model.create_feeds()
-                    self.train_fetch = model.net(feeds)
-                    self.row_optimizer = _embedding_optimizer(model)
+                    self.train_fetch = model.net(model.create_feeds())
+                    self.row_optimizer = model.create_embedding_optimizer()
                     self._row_lr = _append_update(
                         self.train_fetch["loss"],
                         model.layer,
@@ -282,9 +295,9 @@ class StaticEngine:
                         self.row_optimizer,
                         world,
                     )
-            self.train_feed_names = list(feeds)
         self.infer_program = paddle.static.Program()
-        model = model_cls(config)
+        model = model_cls(config, label_names)
+        self.model, self.spec, self.output_names = model, model.spec, model.spec.outputs
         infer_startup = paddle.static.Program() if training else startup
         with paddle.utils.unique_name.guard():
             with paddle.static.program_guard(self.infer_program, infer_startup):
@@ -305,16 +318,9 @@ class StaticEngine:
                 self.infer_program, self.infer_fetch[name], name, len(block.ops)
             )
 
-    def _feed(self, batch, names) -> dict:
-        feed = {"ids": batch.ids}
-        for j, name in enumerate(self.label_names):
-            if name in names:
-                feed[name] = batch.labels[:, j : j + 1]
-        return feed
-
     def train_step(self, batch):
         names = ["loss", *self.output_names]
-        feed = self._feed(batch, self.train_feed_names)
+        feed = self.model.feed(batch)
         if self.row_optimizer is not None:
             feed[self._row_lr.name] = np.array([self.row_optimizer.next_lr()], "float32")
         values = self.exe.run(
@@ -329,7 +335,7 @@ class StaticEngine:
     def predict(self, batch) -> dict:
         values = self.exe.run(
             self.infer_program,
-            feed={"ids": batch.ids},
+            feed=self.model.feed(batch, is_infer=True),
             fetch_list=[self.infer_fetch[n] for n in self.output_names],
         )
         return {k: np.asarray(v).ravel() for k, v in zip(self.output_names, values, strict=True)}
@@ -391,7 +397,7 @@ class StaticEngine:
     def export_inference(self, prefix: str):
         paddle.static.save_inference_model(
             prefix,
-            [self.infer_feeds["ids"]],
+            [self.infer_feeds[i.name] for i in self.spec.inputs],
             [self.infer_fetch[n] for n in self.output_names],
             self.exe,
             program=self.infer_program,
@@ -431,8 +437,10 @@ class InferenceEngine:
 
     name = "inference"
 
-    def __init__(self, output_names, config):
-        self.output_names = output_names
+    def __init__(self, spec, config):
+        """`spec`: the model's declarations (its inputs and outputs name the exported model's)."""
+        self.spec = spec
+        self.output_names = spec.outputs
         self.config = config
         self.predictor = None
 
@@ -460,9 +468,11 @@ class InferenceEngine:
             raise UserError(f"{folder}: exported model lacks outputs {sorted(missing)}")
 
     def predict(self, batch) -> dict:
-        handle = self.predictor.get_input_handle("ids")
-        handle.reshape(batch.ids.shape)
-        handle.copy_from_cpu(batch.ids)
+        for item in self.spec.inputs:
+            value = getattr(batch, item.name)
+            handle = self.predictor.get_input_handle(item.name)
+            handle.reshape(value.shape)
+            handle.copy_from_cpu(value)
         self.predictor.run()
         return {
             k: self.predictor.get_output_handle(k).copy_to_cpu().ravel() for k in self.output_names

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import zipfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import paddle
@@ -17,7 +18,8 @@ from paddle_rec_zoo import checkpoint, signals, warm_start
 from paddle_rec_zoo.data import Dataset, default_cache_dir, list_data_files
 from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.metrics import Collector, fmt, load_metrics_state, metrics_state
+from paddle_rec_zoo.metrics import Collector, TrainMetrics, fmt
+from paddle_rec_zoo.metrics import evaluate as evaluate_metrics
 from paddle_rec_zoo.plot import plot_curves
 from paddle_rec_zoo.progress import log, progress, set_postfix
 
@@ -50,7 +52,22 @@ def load_dataset(config, reader, split: str) -> Dataset:
     return dataset
 
 
-def train(config, engine, model, reader, world: World | None = None) -> list[dict]:
+@dataclass
+class _Run:
+    """The state of a training run that outlives an epoch (and is restored on resume)."""
+
+    records: list = field(default_factory=list)  # training log lines, as in metrics.jsonl
+    tests: list = field(default_factory=list)  # per-epoch test results
+    best: dict | None = None  # runner.keep_best's best epoch so far
+    step: int = 0
+    start_epoch: int = 0
+    start_batch: int = 0  # resumed inside `start_epoch`: batches already trained
+    folder: str | None = None  # the checkpoint resumed from
+    position: dict | None = None  # a mid-epoch checkpoint's metrics state and loss window
+    epoch_samples: int = 0
+
+
+def train(config, engine, reader, world: World | None = None) -> list[dict]:
     """Train `engine` for `runner.epochs`, saving a checkpoint per epoch (and every
     `runner.save_steps` steps). SIGTERM/SIGINT stop it at the next step boundary with a
     checkpoint (`signals.Interrupted`). Returns log records."""
@@ -59,132 +76,163 @@ def train(config, engine, model, reader, world: World | None = None) -> list[dic
     dataset = load_dataset(config, reader, "train")
     evaluate_each = r.evaluate_each_epoch or bool(r.keep_best)
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
-    metrics_path = os.path.join(r.model_save_path, METRICS_FILE)
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     run = _start_or_resume(config, engine, world, n_batches)
-    if r.model_init_path and "folder" not in run:  # a resumed run goes on from its own
+    if r.model_init_path and run.folder is None:  # a resumed run goes on from its own
         warm_start.load(config, engine)
-    records, tests, best, step = run["records"], run["tests"], run["best"], run["step"]
     log(
-        f"training {engine.name}: epochs {run['start_epoch']}..{r.epochs - 1} x {n_batches} "
+        f"training {engine.name}: epochs {run.start_epoch}..{r.epochs - 1} x {n_batches} "
         f"batches of {r.train_batch_size}"
         + (f" on each of {world.size} ranks" if world.active else "")
         + f", checkpoints in {r.model_save_path}"
     )
+    epoch_run = _Epoch(config, engine, reader, world, run, n_batches, test_set is None)
     with signals.stop.deferred():
-        for epoch in range(run["start_epoch"], r.epochs):
-            metrics = model.create_metrics()
-            window = np.zeros(2)  # loss sum, samples since the last log line
-            window_start = epoch_start = time.time()
-            epoch_samples = 0
-            start = run["start_batch"] if epoch == run["start_epoch"] else 0
-            if start:  # resumed inside this epoch: its metrics so far, as they were
-                load_metrics_state(metrics, run["metrics"], run["folder"])
-                window[:] = run["window"]
-                epoch_samples = run["epoch_samples"]
-            batches = dataset.batches(
-                r.train_batch_size, r.shuffle, r.seed, epoch, world.rank, world.size, True, start
-            )
-            for i, batch in enumerate(
-                progress(batches, n_batches - start, f"epoch {epoch}"), start=start
-            ):
-                loss, outputs = engine.train_step(batch)
-                step += 1
-                if not math.isfinite(loss):
-                    raise UserError(
-                        f"training diverged: loss is {loss} at epoch {epoch}, step {step}; lower "
-                        "hyper_parameters.optimizer.learning_rate (checkpoints of earlier epochs "
-                        "are kept)"
-                    )
-                metrics.update(outputs, batch.labels)
-                window += (loss * len(batch.labels), len(batch.labels))
-                if (i + 1) % r.print_interval == 0 or i + 1 == n_batches:
-                    loss_sum, n = world.all_reduce_sum(window)
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    record = {
-                        "epoch": epoch,
-                        "batch": i + 1,
-                        "step": step,
-                        "loss": loss_sum / n,
-                        **world.merged_metrics(metrics).compute(),
-                        "samples_per_s": n / elapsed,
-                    }
-                    epoch_samples += int(n)
-                    records.append(record)
-                    if world.is_main:
-                        _append_jsonl(metrics_path, record)
-                    log(
-                        f"epoch {epoch} batch {i + 1}/{n_batches}: "
-                        + " ".join(
-                            f"{k} {fmt(v)}"
-                            for k, v in record.items()
-                            if k == "loss" or _is_metric(k)
-                        )
-                        + f" {record['samples_per_s']:,.0f} samples/s"
-                    )
-                    set_postfix(loss=f"{record['loss']:.4f}")
-                    window[:] = 0
-                    window_start = time.time()
-                last = i + 1 == n_batches
-                stopping = _stop_signal(world, step)
-                # stopping after the last batch: the epoch's own checkpoint follows, unless an
-                # evaluation comes first (that one is saved as batch n_batches of n_batches)
-                due = r.save_steps and step % r.save_steps == 0 and not last
-                if due or (stopping and not (last and test_set is None)):
-                    state = {"metrics": metrics_state(metrics), "window": window}
-                    position = _save_position(
-                        config,
-                        engine,
-                        world,
-                        (epoch, i + 1, n_batches, step),
-                        state,
-                        epoch_samples,
-                        records,
-                    )
-                    if stopping:
-                        raise _stopped(stopping, epoch, i + 1, n_batches, step, position)
-            seconds = time.time() - epoch_start
-            meta = {
-                "epoch": epoch,
-                "step": step,
-                "engine": engine.name,
-                "seed": r.seed,
-                "ranks": world.size,
-                "train": {"epoch": epoch, "seconds": seconds, **records[-1]},
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "config": config.to_dict(),
-            }
-            if test_set is not None:
-                result, _ = predict_dataset(
-                    engine, model, test_set, r.infer_batch_size, world=world
-                )
-                result = {"epoch": epoch, "step": step, "split": "test", **result}
-                meta["test"] = result
-                tests.append(result)
-                if world.is_main:
-                    _append_jsonl(metrics_path, result)
-                log(f"epoch {epoch} test: {metric_text(result)}")
-            folder = checkpoint.epoch_dir(r.model_save_path, epoch)
-            rng = world.all_gather_object(paddle.get_rng_state())
-            if world.is_main:
-                checkpoint.save(r.model_save_path, epoch, _writer(engine, rng), meta)
-                checkpoint.remove_steps(r.model_save_path, through=step)
-                log(
-                    f"epoch {epoch} done in {seconds:.1f}s ({epoch_samples / seconds:,.0f} "
-                    f"samples/s); saved {folder}"
-                )
-                if r.keep_best:
-                    best = _keep_best(r, meta["test"], folder, best)
-                plot_curves(
-                    records,
-                    os.path.join(r.model_save_path, CURVES_FILE),
-                    f"{engine.name} training",
-                    tests,
-                )
+        for epoch in range(run.start_epoch, r.epochs):
+            seconds, epoch_samples = epoch_run.train(dataset, epoch)
+            _end_epoch(config, engine, reader, world, run, epoch, seconds, epoch_samples, test_set)
             stopping = _stop_signal(world)  # also the barrier: the checkpoint is complete
             if stopping and epoch + 1 < r.epochs:
-                raise _stopped(stopping, epoch, n_batches, n_batches, step, folder)
-    return records
+                folder = checkpoint.epoch_dir(r.model_save_path, epoch)
+                raise _stopped(stopping, epoch, n_batches, n_batches, run.step, folder)
+    return run.records
+
+
+class _Epoch:
+    """One epoch's training loop: steps, log lines every `print_interval` batches, mid-epoch
+    checkpoints (`save_steps`, or a stop signal)."""
+
+    def __init__(self, config, engine, reader, world, run: _Run, n_batches: int, no_test: bool):
+        self.config, self.engine, self.world, self.run = config, engine, world, run
+        self.spec, self.label_names = engine.spec, reader.label_names
+        self.n_batches, self.no_test = n_batches, no_test
+        self.metrics_path = os.path.join(config.runner.model_save_path, METRICS_FILE)
+
+    def train(self, dataset, epoch: int) -> tuple[float, int]:
+        """Train one epoch; returns (seconds, samples)."""
+        r, run, n_batches = self.config.runner, self.run, self.n_batches
+        self.metrics = TrainMetrics(self.spec.train_metrics)
+        self.window = np.zeros(2)  # loss sum, samples since the last log line
+        self.window_start = epoch_start = time.time()
+        self.epoch_samples = 0
+        start = run.start_batch if epoch == run.start_epoch else 0
+        if start:  # resumed inside this epoch: its metrics so far, as they were
+            self.metrics.set_state_dict(run.position["metrics"], run.folder)
+            self.window[:] = run.position["window"]
+            self.epoch_samples = run.epoch_samples
+        batches = dataset.batches(
+            r.train_batch_size, r.shuffle, r.seed, epoch, self.world.rank, self.world.size, True,
+            start,
+        )  # fmt: skip
+        for i, batch in enumerate(
+            progress(batches, n_batches - start, f"epoch {epoch}"), start=start
+        ):
+            self._step(batch, epoch)
+            if (i + 1) % r.print_interval == 0 or i + 1 == n_batches:
+                self._log_window(epoch, i + 1)
+            self._checkpoint_if_due(epoch, i + 1)
+        return time.time() - epoch_start, self.epoch_samples
+
+    def _step(self, batch, epoch: int):
+        loss, outputs = self.engine.train_step(batch)
+        self.run.step += 1
+        if not math.isfinite(loss):
+            raise UserError(
+                f"training diverged: loss is {loss} at epoch {epoch}, step {self.run.step}; "
+                "lower hyper_parameters.optimizer.learning_rate (checkpoints of earlier epochs "
+                "are kept)"
+            )
+        self.metrics.update(outputs, self.spec.label_columns(batch, self.label_names))
+        self.window += (loss * len(batch.labels), len(batch.labels))
+
+    def _log_window(self, epoch: int, batch: int):
+        loss_sum, n = self.world.all_reduce_sum(self.window)
+        elapsed = max(time.time() - self.window_start, 1e-9)
+        running = self.world.merged_metrics(self.metrics).compute()
+        record = {
+            "epoch": epoch,
+            "batch": batch,
+            "step": self.run.step,
+            "loss": loss_sum / n,
+            **running,
+            "samples_per_s": n / elapsed,
+        }
+        self.epoch_samples += int(n)
+        self.run.records.append(record)
+        if self.world.is_main:
+            _append_jsonl(self.metrics_path, record)
+        log(
+            f"epoch {epoch} batch {batch}/{self.n_batches}: loss {fmt(record['loss'])} "
+            + " ".join(f"{k} {fmt(v)}" for k, v in running.items())
+            + f" {record['samples_per_s']:,.0f} samples/s"
+        )
+        set_postfix(loss=f"{record['loss']:.4f}")
+        self.window[:] = 0
+        self.window_start = time.time()
+
+    def _checkpoint_if_due(self, epoch: int, batch: int):
+        r, step = self.config.runner, self.run.step
+        last = batch == self.n_batches
+        stopping = _stop_signal(self.world, step)
+        # stopping after the last batch: the epoch's own checkpoint follows, unless an
+        # evaluation comes first (that one is saved as batch n_batches of n_batches)
+        due = r.save_steps and step % r.save_steps == 0 and not last
+        if due or (stopping and not (last and self.no_test)):
+            state = {"metrics": self.metrics.state_dict(), "window": self.window}
+            position = _save_position(
+                self.config,
+                self.engine,
+                self.world,
+                (epoch, batch, self.n_batches, step),
+                state,
+                self.epoch_samples,
+                self.run.records,
+            )
+            if stopping:
+                raise _stopped(stopping, epoch, batch, self.n_batches, step, position)
+
+
+def _end_epoch(config, engine, reader, world, run: _Run, epoch, seconds, epoch_samples, test_set):
+    """Evaluate (if asked), checkpoint the epoch, keep the best, redraw the curves."""
+    r = config.runner
+    meta = {
+        "epoch": epoch,
+        "step": run.step,
+        "engine": engine.name,
+        "seed": r.seed,
+        "ranks": world.size,
+        "train": {"epoch": epoch, "seconds": seconds, **run.records[-1]},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": config.to_dict(),
+    }
+    if test_set is not None:
+        result, _ = predict_dataset(engine, reader, test_set, r.infer_batch_size, world=world)
+        result = {"epoch": epoch, "step": run.step, "split": "test", **result}
+        meta["test"] = result
+        run.tests.append(result)
+        if world.is_main:
+            _append_jsonl(os.path.join(r.model_save_path, METRICS_FILE), result)
+        log(f"epoch {epoch} test: {metric_text(result, engine.spec)}")
+    folder = checkpoint.epoch_dir(r.model_save_path, epoch)
+    rng = world.all_gather_object(paddle.get_rng_state())
+    if not world.is_main:
+        return
+    checkpoint.save(r.model_save_path, epoch, _writer(engine, rng), meta)
+    checkpoint.remove_steps(r.model_save_path, through=run.step)
+    log(
+        f"epoch {epoch} done in {seconds:.1f}s ({epoch_samples / seconds:,.0f} samples/s); "
+        f"saved {folder}"
+    )
+    if r.keep_best:
+        run.best = _keep_best(r, engine.spec, meta["test"], folder, run.best)
+    plot_curves(
+        run.records,
+        os.path.join(r.model_save_path, CURVES_FILE),
+        f"{engine.name} training",
+        run.tests,
+        train_keys=[m.name for m in engine.spec.train_metrics],
+        test_keys=[m.name for m in engine.spec.metrics if m.kind == "auc"],
+    )
 
 
 def _stop_signal(world: World, step: int | None = None) -> int:
@@ -295,7 +343,7 @@ def _append_jsonl(path: str, record: dict):
         raise UserError(f"{path}: cannot be written ({e.strerror})") from None
 
 
-def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
+def _start_or_resume(config, engine, world: World, n_batches: int) -> _Run:
     """Prepare the run folder; with `runner.resume`, load the newest complete checkpoint: an
     epoch's end, or a position inside an epoch (`steps/<step>/`).
 
@@ -304,8 +352,7 @@ def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
     """
     r = config.runner
     root = r.model_save_path
-    run = {"records": [], "tests": [], "best": None, "step": 0, "start_epoch": 0}
-    run["start_batch"] = 0
+    run = _Run()
     files = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, checkpoint.STEPS_DIR)
     folder = checkpoint.latest(root) if r.resume else None
     if folder is None:
@@ -320,12 +367,13 @@ def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
     _restore_rng(folder, world.rank)
     if "batch" in meta:  # inside an epoch
         epoch, batch = meta["epoch"], meta["batch"]
-        run.update(_load_position(folder, world.rank), epoch_samples=meta["epoch_samples"])
+        run.position = _load_position(folder, world.rank)
+        run.epoch_samples = meta["epoch_samples"]
         where = f"in epoch {epoch} after batch {batch}/{n_batches}"
     else:
         epoch, batch = meta["epoch"] + 1, 0
         where = f"after epoch {meta['epoch']}"
-    run.update(start_epoch=epoch, start_batch=batch, step=meta["step"], folder=folder)
+    run.start_epoch, run.start_batch, run.step, run.folder = epoch, batch, meta["step"], folder
     history = []
     metrics_path = os.path.join(root, METRICS_FILE)
     if os.path.exists(metrics_path):
@@ -337,12 +385,12 @@ def _start_or_resume(config, engine, world: World, n_batches: int) -> dict:
         for h in history
         if h["epoch"] < epoch or (h["epoch"] == epoch and "split" not in h and h["batch"] <= batch)
     ]
-    run["records"] = [h for h in history if h.get("split") != "test"]
-    run["tests"] = [h for h in history if h.get("split") == "test"]
+    run.records = [h for h in history if h.get("split") != "test"]
+    run.tests = [h for h in history if h.get("split") == "test"]
     best_path = os.path.join(root, BEST_FILE)
     if r.keep_best and os.path.exists(best_path):
         with open(best_path) as f:
-            run["best"] = json.load(f)
+            run.best = json.load(f)
     if world.is_main:
         checkpoint.remove_unfinished(root, keep_through=epoch - 1, keep_steps_through=meta["step"])
         tmp = metrics_path + ".tmp"
@@ -378,14 +426,14 @@ def _check_resumable(config, engine, meta: dict, folder: str, world: World, n_ba
         )
 
 
-def _keep_best(r, result: dict, folder: str, best: dict | None) -> dict:
+def _keep_best(r, spec, result: dict, folder: str, best: dict | None) -> dict:
     """Copy the epoch to `<model_save_path>/best/` when `runner.keep_best` improved."""
     metric = r.keep_best
-    if metric not in result:
-        names = ", ".join(k for k in result if _is_metric(k))
+    if metric not in spec.metric_names:
+        names = ", ".join(spec.metric_names)
         raise UserError(f"runner.keep_best: unknown metric {metric!r}; choose one of {names}")
     value = result[metric]
-    higher_is_better = not metric.startswith("logloss")
+    higher_is_better = spec.metric(metric).higher_is_better
     if best is not None and not (
         value > best["value"] if higher_is_better else value < best["value"]
     ):
@@ -399,31 +447,34 @@ def _keep_best(r, result: dict, folder: str, best: dict | None) -> dict:
 
 
 def predict_dataset(
-    engine, model, dataset, batch_size: int, desc: str = "eval", world: World | None = None
+    engine, reader, dataset, batch_size: int, desc: str = "eval", world: World | None = None
 ):
     """Predict every row (each rank its share); returns (global metrics, arrays of all rows)."""
     world = world or World()
+    spec = engine.spec
     start = time.time()
     collected = Collector()
     n_batches = dataset.num_batches(batch_size, world.rank, world.size)
     batches = dataset.batches(batch_size, rank=world.rank, world=world.size)
     for batch in progress(batches, n_batches, desc):
         outputs = engine.predict(batch)
-        collected.add(sample_id=batch.sample_id, **outputs, **label_columns(model, batch))
+        labels = spec.label_columns(batch, reader.label_names)
+        collected.add(sample_id=batch.sample_id, **outputs, **labels)
     arrays = world.gather_arrays(collected.arrays())
-    result = model.evaluate(**_metric_args(model, arrays))
+    result = evaluate_metrics(spec.metrics, spec.counts, arrays)
     result["samples_per_s"] = len(dataset) / max(time.time() - start, 1e-9)
     return result, arrays
 
 
-def metric_text(result: dict) -> str:
-    return " ".join(f"{k} {fmt(v)}" for k, v in result.items() if _is_metric(k)) + (
-        f" (samples {result['samples']:,}, clicks {result['clicks']:,}, "
-        f"buys {result['buys']:,}; {result['samples_per_s']:,.0f} samples/s)"
+def metric_text(result: dict, spec) -> str:
+    """The declared metrics of an evaluation, then its counts and speed."""
+    counts = ", ".join(f"{k} {result[k]:,}" for k in ("samples", *spec.counts))
+    return " ".join(f"{k} {fmt(result[k])}" for k in spec.metric_names) + (
+        f" ({counts}; {result['samples_per_s']:,.0f} samples/s)"
     )
 
 
-def evaluate(config, engine, model, reader, world: World | None = None) -> list[dict]:
+def evaluate(config, engine, reader, world: World | None = None) -> list[dict]:
     """Evaluate every saved epoch in [infer_start_epoch, infer_end_epoch) on the test data, or
     the one checkpoint folder `infer_load_path` names (e.g. best/, or a mid-epoch steps/<step>/)."""
     r = config.runner
@@ -454,32 +505,20 @@ def evaluate(config, engine, model, reader, world: World | None = None) -> list[
     for epoch, label, folder in zip(epochs, labels, folders, strict=True):
         engine.load(folder)
         result, arrays = predict_dataset(
-            engine, model, dataset, r.infer_batch_size, f"eval {epoch}", world
+            engine, reader, dataset, r.infer_batch_size, f"eval {epoch}", world
         )
         result = {"epoch": epoch, **extra, **result}
         results.append(result)
-        log(f"{label} [{engine.name}]: {metric_text(result)}")
+        log(f"{label} [{engine.name}]: {metric_text(result, engine.spec)}")
     if r.save_predictions and (world is None or world.is_main):
-        write_predictions(r.save_predictions, arrays, model)
+        write_predictions(r.save_predictions, arrays, engine.spec)
         log(f"predictions of {labels[-1]} written to {r.save_predictions}")
     return results
 
 
-def _is_metric(key: str) -> bool:
-    return key.startswith(("auc", "logloss", "calibration"))
-
-
-def label_columns(model, batch) -> dict:
-    return {name: batch.labels[:, j] for j, name in enumerate(model.label_names)}
-
-
-def _metric_args(model, arrays: dict) -> dict:
-    return {k: arrays[k] for k in (*model.output_names, *model.label_names)}
-
-
-def write_predictions(path: str, arrays: dict, model):
+def write_predictions(path: str, arrays: dict, spec):
     """CSV `sample_id,<labels>,<outputs>`, one row per evaluated sample, written atomically."""
-    columns = ["sample_id", *model.label_names, *model.output_names]
+    columns = ["sample_id", *spec.labels, *spec.outputs]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", newline="") as f:
@@ -489,7 +528,7 @@ def write_predictions(path: str, arrays: dict, model):
         for start in range(0, n, 65536):
             part = slice(start, start + 65536)
             rows = [arrays["sample_id"][part].astype(np.int64)]
-            rows += [arrays[k][part].astype(np.int64) for k in model.label_names]
-            rows += [np.char.mod("%.6g", arrays[k][part]) for k in model.output_names]
+            rows += [arrays[k][part].astype(np.int64) for k in spec.labels]
+            rows += [np.char.mod("%.6g", arrays[k][part]) for k in spec.outputs]
             writer.writerows(zip(*rows, strict=True))
     os.replace(tmp, path)

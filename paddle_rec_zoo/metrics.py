@@ -9,6 +9,7 @@ of predictions in fixed buckets, O(1) memory, mergeable across processes by addi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,49 +97,99 @@ def fmt(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def metrics_state(metrics) -> dict[str, np.ndarray]:
-    """The running state of a training-metrics object as named arrays, to resume it exactly.
+# ------------------------------------------------------------------------ declared metrics
+KINDS = ("auc", "logloss", "calibration")
+_FUNCTIONS = {"auc": auc, "logloss": logloss, "calibration": calibration}
 
-    An object with `state_dict()` / `set_state_dict(state)` gives its own; otherwise its
-    attributes are taken: `StreamingAUC` histograms, numpy arrays and numbers.
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a model declares: `kind` of output `output` against the product of the label
+    columns `labels`, over the rows where every label of `where` is 1 (all rows when empty).
+
+    `Metric("auc", "auc_cvr", "pcvr", ("buy",), where=("click",))` is ESMM's CVR AUC on clicked
+    impressions; `Metric("auc", "auc_ctcvr", "pctcvr", ("click", "buy"))` its CTCVR AUC.
     """
-    if hasattr(metrics, "state_dict"):
-        return {k: np.asarray(v) for k, v in metrics.state_dict().items()}
-    state = {}
-    for name, value in vars(metrics).items():
-        if isinstance(value, StreamingAUC):
-            state[f"{name}.pos"], state[f"{name}.neg"] = value.pos.copy(), value.neg.copy()
-        elif isinstance(value, (np.ndarray, int, float)):
-            state[name] = np.array(value)
-        else:
-            raise TypeError(
-                f"{type(metrics).__name__}.{name}: cannot save a {type(value).__name__}; give "
-                "the metrics class state_dict() and set_state_dict()"
+
+    kind: str
+    name: str
+    output: str
+    labels: tuple[str, ...]
+    where: tuple[str, ...] = ()
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind == "auc"
+
+    def target(self, columns: dict) -> np.ndarray:
+        return _product(columns, self.labels)
+
+    def mask(self, columns: dict) -> np.ndarray | None:
+        return _product(columns, self.where) > 0.5 if self.where else None
+
+    def compute(self, columns: dict) -> float:
+        """From 1-D arrays of outputs and labels, keyed by name."""
+        scores, target, mask = columns[self.output], self.target(columns), self.mask(columns)
+        if mask is not None:
+            scores, target = scores[mask], target[mask]
+        return _FUNCTIONS[self.kind](scores, target)
+
+
+def _product(columns: dict, names: tuple[str, ...]) -> np.ndarray:
+    out = np.asarray(columns[names[0]], dtype=np.float64)
+    for name in names[1:]:
+        out = out * columns[name]
+    return out
+
+
+def evaluate(metrics, counts: dict, columns: dict) -> dict:
+    """Exact values of the declared `metrics`, then `samples` and each count of `counts`
+    ({name: label columns whose product is counted}, e.g. {"clicks": ("click",)})."""
+    out = {m.name: m.compute(columns) for m in metrics}
+    first = next(iter(columns.values()))
+    out["samples"] = int(len(first))
+    out.update({name: int(_product(columns, labels).sum()) for name, labels in counts.items()})
+    return out
+
+
+class TrainMetrics:
+    """Running AUCs of training logs (histograms, not stored predictions), one per declared
+    `Metric` of kind auc. `histograms()` lists what a data-parallel job sums over its ranks."""
+
+    def __init__(self, metrics):
+        self.metrics = [m for m in metrics if m.kind == "auc"]
+        self.aucs = {m.name: StreamingAUC() for m in self.metrics}
+
+    def update(self, outputs: dict, labels: dict):
+        """`outputs`, `labels`: 1-D arrays keyed by name."""
+        columns = {**labels, **outputs}
+        for m in self.metrics:
+            scores, target, mask = columns[m.output], m.target(columns), m.mask(columns)
+            if mask is not None:
+                scores, target = scores[mask], target[mask]
+            self.aucs[m.name].update(scores, target)
+
+    def compute(self) -> dict:
+        return {name: s.compute() for name, s in self.aucs.items()}
+
+    def histograms(self) -> dict[str, np.ndarray]:
+        """Every count array, by name: the state to merge (sum) across ranks and to save."""
+        out = {}
+        for name, s in self.aucs.items():
+            out[f"{name}.pos"], out[f"{name}.neg"] = s.pos, s.neg
+        return out
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.histograms().items()}
+
+    def set_state_dict(self, state: dict, source: str = "metrics"):
+        own = self.histograms()
+        if set(own) != set(state) or any(own[k].shape != np.shape(state[k]) for k in own):
+            from paddle_rec_zoo.errors import UserError
+
+            raise UserError(
+                f"{source}: the saved training metrics ({', '.join(sorted(state))}) do not fit "
+                f"this model's ({', '.join(sorted(own))})"
             )
-    return state
-
-
-def load_metrics_state(metrics, state: dict, source: str):
-    """Put `metrics_state` output back into a fresh metrics object of the same class."""
-    if hasattr(metrics, "set_state_dict"):
-        metrics.set_state_dict(state)
-        return
-    expected = metrics_state(metrics)
-    if set(expected) != set(state) or any(
-        expected[k].shape != np.shape(state[k]) for k in expected
-    ):
-        from paddle_rec_zoo.errors import UserError
-
-        raise UserError(
-            f"{source}: the saved training metrics ({', '.join(sorted(state))}) do not fit "
-            f"{type(metrics).__name__} ({', '.join(sorted(expected))})"
-        )
-    for key, value in state.items():
-        name, _, part = key.partition(".")
-        target = getattr(metrics, name)
-        if part:
-            getattr(target, part)[...] = value
-        elif isinstance(target, np.ndarray):
-            target[...] = value
-        else:
-            setattr(metrics, name, type(target)(value))
+        for key, value in state.items():
+            own[key][...] = value

@@ -36,3 +36,55 @@ def load_model_module(model_dir: str, name: str) -> types.ModuleType:
         module.__file__ = os.path.join(model_dir, "__init__.py")
         sys.modules[package] = module
     return importlib.import_module(f"{package}.{name}")
+
+
+# The data sets' readers in this package, by the name a config gives them
+# (`runner.train_reader_path` / `infer_reader_path`). `reader` is the name older configs used.
+DATASET_READERS = {"ali_ccp": "paddle_rec_zoo.ali_ccp", "reader": "paddle_rec_zoo.ali_ccp"}
+
+
+READER_KEYS = {"train": "train_reader_path", "infer": "infer_reader_path"}
+
+
+def _reader_module(config, name: str):
+    if os.path.exists(os.path.join(config.model_dir, f"{name}.py")):
+        return load_model_module(config.model_dir, name)
+    if name in DATASET_READERS:
+        return importlib.import_module(DATASET_READERS[name])
+    return None
+
+
+def check_reader_keys(config):
+    """Both reader keys must name a data set reader or a module of the model folder. PaddleRec's
+    configs name their own `esmm_reader`: say which reader to use instead, as the one edit such
+    a config needs."""
+    r = config.runner
+    bad = [k for k in READER_KEYS.values() if _reader_module(config, getattr(r, k)) is None]
+    if not bad:
+        return
+    choices = ", ".join(sorted(set(DATASET_READERS) - {"reader"}))
+    names = " and ".join(f"runner.{k}" for k in bad)
+    fix = ", ".join(f"runner.{k}: ali_ccp" for k in bad)
+    raise UserError(
+        f"{names}: {' / '.join(sorted({getattr(r, k) for k in bad}))} is neither a data set "
+        f"reader ({choices}) nor a module of {config.model_dir}; set {fix} in "
+        f"{os.path.basename(config.config_path)} (a config copied from PaddleRec needs only this "
+        "edit)"
+    )
+
+
+def reader_class(config, job: str = "train") -> type:
+    """The `Reader` class the config chooses for `job` (train or infer): a module of the model
+    folder of that name (a custom reader), else one of the package's data sets."""
+    check_reader_keys(config)
+    return _reader_module(config, getattr(config.runner, READER_KEYS[job])).Reader
+
+
+def check_labels(spec, label_names: tuple[str, ...]):
+    """Every label column the model uses must be one the reader gives (`label_names`)."""
+    for label in spec.labels:
+        if label not in label_names:
+            key = spec.label_keys.get(label, "hyper_parameters")
+            raise UserError(
+                f"{key}: {label!r} is not a label column of the reader ({', '.join(label_names)})"
+            )

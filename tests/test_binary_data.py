@@ -13,9 +13,10 @@ from pathlib import Path
 import convert_raw as cr
 import numpy as np
 import pytest
-from conftest import ESMM_CONFIG, esmm_config, esmm_module
+from conftest import ESMM_CONFIG, esmm_config
 from test_convert_raw import common_line, item, skel_line, write_raw
 
+from paddle_rec_zoo import ali_ccp
 from paddle_rec_zoo.binary_data import BinaryPart
 from paddle_rec_zoo.data import Dataset, list_data_files
 from paddle_rec_zoo.errors import UserError
@@ -70,7 +71,7 @@ def converted(tmp_path_factory):
 
 def load(folder: Path, split: str, *overrides: str, cache=None) -> Dataset:
     cfg = esmm_config(*overrides)
-    reader = esmm_module("reader").Reader(cfg)
+    reader = ali_ccp.Reader(cfg)
     files = list_data_files(str(folder / f"{split}_data"), f"runner.{split}_data_dir")
     return Dataset.load(files, reader, None if cache is None else str(cache))
 

@@ -5,8 +5,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import esmm_config, esmm_module
+from conftest import esmm_config
 
+from paddle_rec_zoo import ali_ccp
 from paddle_rec_zoo.data import Dataset, list_data_files, prefetch
 from paddle_rec_zoo.errors import UserError
 
@@ -20,7 +21,7 @@ def write_rows(path, rows, start=1):
 
 def reader(*overrides):
     cfg = esmm_config("hyper_parameters.sparse_feature_number=100", *overrides)
-    return esmm_module("reader").Reader(cfg)
+    return ali_ccp.Reader(cfg)
 
 
 def test_cache_matches_direct_read_and_is_rebuilt_when_the_file_changes(tmp_path):

@@ -4,7 +4,7 @@ import os
 
 import paddle
 import pytest
-from conftest import esmm_config
+from conftest import esmm_config, esmm_module
 
 from paddle_rec_zoo import engines
 from paddle_rec_zoo.data import usable_cores
@@ -34,7 +34,7 @@ def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, s
     monkeypatch.setattr(paddle.inference, "Config", RecordingConfig)
     monkeypatch.setattr(paddle.inference, "create_predictor", create)
     cfg = esmm_config(f"runner.inference_cpu_threads={setting}", "runner.cpu_threads=1")
-    engine = engines.InferenceEngine(["pctr", "pcvr", "pctcvr"], cfg)
+    engine = engines.InferenceEngine(esmm_module("net").ESMMLayer.spec(cfg.hyper_parameters), cfg)
     engine.load(str(tmp_path))
     (pcfg,) = made
     assert pcfg.files[0] == os.path.join(str(tmp_path), f"{engines.INFERENCE_PREFIX}.json")

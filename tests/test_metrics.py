@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from conftest import esmm_module
+from conftest import esmm_config, esmm_module
 from sklearn.metrics import roc_auc_score
 
-from paddle_rec_zoo.metrics import StreamingAUC, auc, calibration, logloss
+from paddle_rec_zoo.metrics import StreamingAUC, auc, calibration, evaluate, logloss
 
 
 def test_auc_known_values():
@@ -44,14 +44,15 @@ def test_logloss_and_calibration():
 
 
 def test_cvr_auc_is_computed_on_clicked_rows_only():
-    evaluate = esmm_module("metrics").evaluate
+    spec = esmm_module("net").ESMMLayer.spec(esmm_config().hyper_parameters)
     click = np.array([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
     buy = np.array([1, 0, 1, 0, 0, 0, 0, 0], np.float32)
     # clicked rows: pcvr ranks buyers first (AUC 1); unclicked rows have high pcvr, which
     # would pull an all-rows CVR AUC down if they were counted
     pcvr = np.array([0.6, 0.2, 0.7, 0.1, 0.9, 0.9, 0.9, 0.9], np.float32)
     pctr = np.full(8, 0.5, np.float32)
-    out = evaluate(pctr=pctr, pcvr=pcvr, pctcvr=pctr * pcvr, click=click, buy=buy)
+    cols = dict(pctr=pctr, pcvr=pcvr, pctcvr=pctr * pcvr, click=click, buy=buy)
+    out = evaluate(spec.metrics, spec.counts, cols)
     assert out["auc_cvr"] == 1.0
     assert out["auc_cvr"] != pytest.approx(roc_auc_score(buy, pcvr))
     assert out["auc_ctcvr"] == pytest.approx(roc_auc_score(click * buy, pctr * pcvr))

@@ -3,6 +3,8 @@ import paddle
 import pytest
 from conftest import esmm_config, esmm_module
 
+from paddle_rec_zoo import optim
+
 
 def small_config(*extra):
     return esmm_config(
@@ -64,11 +66,11 @@ def test_loss_matches_definition_and_falls_on_a_fixed_batch():
     cfg = small_config("hyper_parameters.optimizer.learning_rate=0.01")
     net_mod = esmm_module("net")
     net = net_mod.ESMMLayer(cfg.hyper_parameters)
-    opt = net_mod.create_optimizer(cfg.hyper_parameters, net.parameters())
+    opt = optim.create_optimizer(cfg.hyper_parameters, net.parameters())
     ids, click, buy = random_batch(cfg, n=256)
     feeds = [paddle.to_tensor(x) for x in (ids, click, buy)]
     out = net(feeds[0])
-    loss, _ = net_mod.esmm_loss(out, feeds[1], feeds[2])
+    loss, _ = net.loss(out, {"click": feeds[1], "buy": feeds[2]})
     pctr, pctcvr = out["pctr"].numpy(), out["pctcvr"].numpy()
     y = click * buy
 
@@ -78,19 +80,36 @@ def test_loss_matches_definition_and_falls_on_a_fixed_batch():
     assert float(loss) == pytest.approx(bce(pctr, click) + bce(pctcvr, y), rel=1e-5)
     first = float(loss)
     for _ in range(30):
-        loss, _ = net_mod.esmm_loss(net(feeds[0]), feeds[1], feeds[2])
+        loss, _ = net.loss(net(feeds[0]), {"click": feeds[1], "buy": feeds[2]})
         loss.backward()
         opt.step()
         opt.clear_grad()
     assert float(loss) < 0.5 * first
 
 
+def esmm_loss(logits, click, buy):
+    """ESMM's loss of [ctr_logit, cvr_logit] pairs, through the network's own `loss`."""
+    net = esmm_module("net").ESMMLayer(small_config().hyper_parameters)
+    col = lambda v: paddle.to_tensor(np.array(v, np.float32).reshape(-1, 1))  # noqa: E731
+    out = {"ctr_logit": col([a for a, _ in logits]), "cvr_logit": col([b for _, b in logits])}
+    return net.loss(out, {"click": col(click), "buy": col(buy)})
+
+
+def test_loss_is_the_cross_entropy_definition_on_hand_computed_values():
+    # logits 0, 0: pctr = pcvr = 1/2, pctcvr = 1/4. Row 1 clicked and bought, row 2 neither:
+    # CTR: -ln(1/2) both rows; CTCVR: -ln(1/4) and -ln(3/4)
+    loss, parts = esmm_loss([(0.0, 0.0), (0.0, 0.0)], [1, 0], [1, 0])
+    ln2, ln4, ln43 = 0.6931471805599453, 1.3862943611198906, 0.2876820724517809
+    assert float(parts["loss_ctr"]) == pytest.approx(ln2, rel=1e-6)
+    assert float(parts["loss_ctcvr"]) == pytest.approx((ln4 + ln43) / 2, rel=1e-6)
+    assert float(loss) == pytest.approx(ln2 + (ln4 + ln43) / 2, rel=1e-6)
+    # logit ln 3 (pctr 3/4), logit -ln 3 (pcvr 1/4): pctcvr 3/16; clicked, not bought
+    loss, parts = esmm_loss([(np.log(3), -np.log(3))], [1], [0])
+    assert float(parts["loss_ctr"]) == pytest.approx(-np.log(0.75), rel=1e-6)
+    assert float(parts["loss_ctcvr"]) == pytest.approx(-np.log(13 / 16), rel=1e-5)
+
+
 def test_loss_is_finite_when_pctcvr_underflows():
-    net_mod = esmm_module("net")
-    logits = paddle.to_tensor([[-60.0], [-60.0]])
-    out = {"ctr_logit": logits, "cvr_logit": logits}
-    loss, _ = net_mod.esmm_loss(
-        out, paddle.to_tensor([[1.0], [0.0]]), paddle.to_tensor([[1.0], [0.0]])
-    )
+    loss, _ = esmm_loss([(-60.0, -60.0), (-60.0, -60.0)], [1, 0], [1, 0])
     # ctr: mean(60, ~0) = 30; ctcvr: log pctcvr = -120 exactly, mean(120, ~0) = 60
     assert float(loss) == pytest.approx(90.0, rel=1e-4)

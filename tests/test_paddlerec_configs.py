@@ -79,7 +79,7 @@ def test_reader_keys_error_says_it_is_the_one_edit(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1
     assert "runner.train_reader_path and runner.infer_reader_path" in err
-    assert "set runner.train_reader_path: reader, runner.infer_reader_path: reader" in err
+    assert "set runner.train_reader_path: ali_ccp, runner.infer_reader_path: ali_ccp" in err
     assert "needs only this edit" in err
 
 
@@ -91,7 +91,7 @@ def test_all_four_tools_run_a_paddlerec_config_with_only_the_reader_edit(tmp_pat
     with open(path) as f:
         text = f.read()
     with open(path, "w") as f:  # the one edit
-        f.write(text.replace('"esmm_reader"', '"reader"'))
+        f.write(text.replace('"esmm_reader"', '"ali_ccp"'))
     # Speed and place only: one epoch of bigger batches; big data read from the bundled sample
     fast = [
         "runner.epochs=1",

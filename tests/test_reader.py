@@ -4,8 +4,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, esmm_config, esmm_module
+from conftest import FIXTURES, esmm_config
 
+from paddle_rec_zoo import ali_ccp
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.slot_parser import BadLines, Columns, FieldLayout, SlotParser
 
@@ -55,7 +56,7 @@ def test_crlf_blank_lines_and_chunk_boundaries_change_nothing(tmp_path):
 def test_fourth_column_is_a_feature_as_in_paddlerec_sample():
     """PaddleRec's reader drops the 4th column; in its published sample that is `210:1`."""
     cfg = esmm_config()
-    reader = esmm_module("reader").Reader(cfg)
+    reader = ali_ccp.Reader(cfg)
     (cols, info), *_ = list(reader.read_file(os.path.join(ALICCP, "paddlerec_train_sample.txt")))
     layout = reader.layout
     col_210 = layout.offsets[layout.names.index("210")]
@@ -66,7 +67,7 @@ def test_fourth_column_is_a_feature_as_in_paddlerec_sample():
 def test_reads_published_aliccp_files_exactly(name):
     path = os.path.join(ALICCP, name)
     cfg = esmm_config()
-    reader = esmm_module("reader").Reader(cfg)
+    reader = ali_ccp.Reader(cfg)
     chunks = list(reader.read_file(path))
     cols = chunks[0][0]
     fields, max_len = cfg.hyper_parameters.fields, cfg.hyper_parameters.max_len
@@ -95,7 +96,7 @@ def test_reads_published_aliccp_files_exactly(name):
 def test_noise_rows_are_dropped_and_counted(tmp_path):
     path = tmp_path / "d.txt"
     path.write_text("1,0,1,101:3\n2,1,1,101:4\n3,0,0,101:5\n")
-    reader = esmm_module("reader").Reader(esmm_config())
+    reader = ali_ccp.Reader(esmm_config())
     ((cols, info),) = list(reader.read_file(str(path)))
     assert list(cols.sample_id) == [2, 3]
     assert sum(info["filtered"].values()) == 1

@@ -12,8 +12,10 @@ from test_net import batch_of, random_batch
 from test_net import small_config as small
 from test_parity import assert_same_losses_in_both_engines
 
+from paddle_rec_zoo import optim
 from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.metrics import auc, evaluate
 
 VARIANTS = ["esmm", "esmm_ns", "base", "division"]
 GROUPS = (
@@ -189,7 +191,7 @@ def test_regularisation_adds_exactly_its_terms():
     assert parts["embedding_reg"] == pytest.approx(0.5 * 0.5 * (pooled**2).sum(), rel=1e-4)
     assert loss == pytest.approx(plain_loss + parts["embedding_reg"], rel=1e-5)
     net.eval()  # not part of inference
-    assert "embedding_reg" not in net(paddle.to_tensor(ids))
+    assert net(paddle.to_tensor(ids))["embedding_reg"] is None
 
 
 def test_dropout_acts_in_training_only():
@@ -228,27 +230,60 @@ def test_tower_metrics_choose_what_evaluation_reports():
     cfg = small(
         "hyper_parameters.ctr_tower.metrics=[auc]", "hyper_parameters.cvr_tower.metrics=[logloss]"
     )
-    evaluate = esmm_module("metrics").evaluate_for(cfg.hyper_parameters)
+    spec = esmm_module("net").ESMMLayer.spec(cfg.hyper_parameters)
     rng = np.random.default_rng(0)
     click = (rng.random(200) < 0.5).astype(float)
     buy = click * (rng.random(200) < 0.5)
     p = rng.random(200)
-    out = evaluate(pctr=p, pcvr=p, pctcvr=p * p, click=click, buy=buy)
+    out = evaluate(
+        spec.metrics, spec.counts, dict(pctr=p, pcvr=p, pctcvr=p * p, click=click, buy=buy)
+    )
     assert {k for k in out if k.startswith(("auc", "logloss", "calibration"))} == {
         "auc_ctr",
         "logloss_ctcvr",
     }
 
 
+def test_label_name_changes_what_metrics_are_computed_on():
+    """A tower's label_name is the column its metrics read: swapping them swaps the values."""
+    rng = np.random.default_rng(1)
+    click = (rng.random(400) < 0.4).astype(float)
+    buy = (rng.random(400) < 0.5).astype(float)  # independent, so both subsets hold both classes
+    p, q = rng.random(400), rng.random(400)
+    cols = dict(pctr=p, pcvr=q, pctcvr=p * q, click=click, buy=buy)
+    plain = esmm_module("net").ESMMLayer.spec(small().hyper_parameters)
+    swapped = esmm_module("net").ESMMLayer.spec(
+        small(
+            "hyper_parameters.ctr_tower.label_name=buy",
+            "hyper_parameters.cvr_tower.label_name=click",
+        ).hyper_parameters
+    )
+    a = evaluate(plain.metrics, plain.counts, cols)
+    b = evaluate(swapped.metrics, swapped.counts, cols)
+    assert a["auc_ctr"] == pytest.approx(auc(p, click))
+    assert b["auc_ctr"] == pytest.approx(auc(p, buy))
+    assert a["auc_cvr"] == pytest.approx(auc(q[click > 0.5], buy[click > 0.5]))
+    assert b["auc_cvr"] == pytest.approx(auc(q[buy > 0.5], click[buy > 0.5]))
+    assert a["auc_ctcvr"] == b["auc_ctcvr"]  # the product of both labels either way
+    assert a["clicks"] == int(click.sum()) and b["clicks"] == int(buy.sum())
+
+
+def test_a_label_the_reader_lacks_names_the_key():
+    cfg = small("hyper_parameters.cvr_tower.label_name=pay")
+    with pytest.raises(
+        UserError, match=r"hyper_parameters.cvr_tower.label_name: 'pay' is not a la"
+    ):
+        DygraphEngine(esmm_module("dygraph_model"), cfg)
+
+
 # --------------------------------------------------------------------------- optimizer
 def test_schedule_warms_up_and_decays_once_per_step():
-    net_mod = esmm_module("net")
     cfg = small(
         "hyper_parameters.optimizer.schedule={decay: exponential, decay_steps: 2, "
         "decay_rate: 0.25, warmup_steps: 2}"
     )
     net = net_of(cfg)
-    opt = net_mod.create_optimizer(cfg.hyper_parameters, net.parameters())
+    opt = optim.create_optimizer(cfg.hyper_parameters, net.parameters())
     seen = []
     for _ in range(5):
         seen.append(opt._learning_rate.last_lr)  # the rate the next step uses
@@ -257,7 +292,7 @@ def test_schedule_warms_up_and_decays_once_per_step():
         opt.step()
         opt.clear_grad()
     np.testing.assert_allclose(seen, [5e-4, 1e-3, 1e-3, 5e-4, 2.5e-4], rtol=1e-6)
-    constant = net_mod.create_optimizer(small().hyper_parameters, net.parameters())
+    constant = optim.create_optimizer(small().hyper_parameters, net.parameters())
     assert isinstance(constant._learning_rate, float)
 
 
@@ -308,7 +343,6 @@ def test_optimizer_class_and_learning_rate_change_training():
             "hyper_parameters.ctr_fc_sizes and hyper_parameters.ctr_tower.hidden_units both set",
         ),
         (["hyper_parameters.variant=mmoe"], "hyper_parameters.variant: choose one of"),
-        (["hyper_parameters.cvr_tower.label_name=pay"], "hyper_parameters.cvr_tower.label_name"),
         (["hyper_parameters.pooling=max"], "hyper_parameters.pooling"),
         (
             ["hyper_parameters.field_options={'999': {max_len: 2}}"],

@@ -145,12 +145,12 @@ def _probe_setup(args, static: bool = False):
     """Config, reader and datasets as the CLIs build them (inside a probe process)."""
     from paddle_rec_zoo import runtime
     from paddle_rec_zoo.config import load_config
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.model_loader import load_model_module, reader_class
 
     adapter = load_model_module(MODEL_DIR, "static_model" if static else "dygraph_model")
     cls = adapter.StaticModel if static else adapter.DygraphModel
     config = load_config(CONFIG, args.opts, cls.hyper_parameters_class)
-    reader = load_model_module(MODEL_DIR, config.runner.train_reader_path).Reader(config)
+    reader = reader_class(config)(config)
     place = runtime.setup(config, static=static)
     return adapter, config, reader, place
 
@@ -219,7 +219,8 @@ def probe(args) -> dict:
         batches = _in_memory_batches(
             dataset, config.runner.infer_batch_size, args.steps // 4, False
         )
-        engine = engines.InferenceEngine(adapter.StaticModel.output_names, config)
+        spec = adapter.StaticModel(config, reader.label_names).spec
+        engine = engines.InferenceEngine(spec, config)
         engine.load(os.path.join(config.runner.model_save_path, "0"))
         return {"rate": _timed_steps(engine.predict, batches, warmup=2)}
     if name in ("baseline_train", "baseline_eval"):
@@ -229,7 +230,7 @@ def probe(args) -> dict:
 
 def baseline(args, train: bool) -> dict:
     """PaddleRec's approach: per-line Python parsing in an IterableDataset feeding the network."""
-    adapter, config, _, _ = _probe_setup(args)
+    adapter, config, reader, _ = _probe_setup(args)
     import paddle
 
     from paddle_rec_zoo.baseline_reader import feeds, loader
@@ -239,9 +240,9 @@ def baseline(args, train: bool) -> dict:
     split = "train" if train else "test"
     files = list_data_files(getattr(config.runner, f"{split}_data_dir"), split)
     batch_size = config.runner.train_batch_size
-    model = adapter.DygraphModel()
-    net = model.create_model(config)
-    optimizer = model.create_optimizer(net, config) if train else None
+    model = adapter.DygraphModel(config, reader.label_names)
+    net = model.create_model()
+    optimizer = model.create_optimizer(net) if train else None
     n_fields = len(hp.fields)
     start = time.perf_counter()
     n = 0
@@ -253,7 +254,7 @@ def baseline(args, train: bool) -> dict:
         ids, click, buy = feeds(batch, n_fields)
         if train:
             outputs = net(ids)
-            loss, _ = model.create_loss(outputs, {"ids": ids, "click": click, "buy": buy}, net)
+            loss, _ = model.create_loss(net, outputs, {"ids": ids, "click": click, "buy": buy})
             loss.backward()
             optimizer.step()
             optimizer.clear_grad()

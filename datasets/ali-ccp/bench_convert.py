@@ -176,6 +176,7 @@ def read_probe(folder: str, cache: str, n_ids: int) -> dict:
     of 1024 of one epoch; print rows/s and seconds."""
     from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.data import Dataset, list_data_files
+    from paddle_rec_zoo.ali_ccp import Reader
     from paddle_rec_zoo.model_loader import load_model_module
 
     model_dir = ROOT / "models" / "multitask" / "esmm"
@@ -183,7 +184,7 @@ def read_probe(folder: str, cache: str, n_ids: int) -> dict:
     cfg = load_config(
         str(model_dir / "config.yaml"), [f"hyper_parameters.sparse_feature_number={n_ids}"], hyper
     )
-    reader = load_model_module(str(model_dir), "reader").Reader(cfg)
+    reader = Reader(cfg)
     t0 = time.perf_counter()
     ds = Dataset.load(list_data_files(folder, "train_data_dir"), reader, cache)
     load_s = time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""Ali-CCP reader: PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`, or the
+"""The Ali-CCP data set: its fields, its label columns and its reader (`runner.train_reader_path:
+ali_ccp`), of PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`, or of the
 converter's binary data set (a folder with `dataset.json`, see `paddle_rec_zoo.binary_data`).
 
 Every token from the 4th column on of the form `field:feasign` is a feature (PaddleRec's own
@@ -12,13 +13,20 @@ from __future__ import annotations
 from paddle_rec_zoo.binary_data import BinaryPart
 from paddle_rec_zoo.slot_parser import BadLines, SlotParser
 
+# The 23 Ali-CCP fields in PaddleRec's order (user, user histories, item, crosses, context): the
+# default `hyper_parameters.fields` of every model, and the converter's field list.
+FIELDS = (
+    "101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126", "127",
+    "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301",
+)  # fmt: skip
+LABELS = ("click", "buy")  # the label columns of a line, in order
 NOISE = "click=0,buy=1 rows (a buy without a click is noise in Ali-CCP)"
 
 
 class Reader:
     """Turns one data file into `Columns` chunks; the data layer caches and batches them."""
 
-    label_names = ("click", "buy")
+    label_names = LABELS
 
     def __init__(self, config):
         hp = config.hyper_parameters
