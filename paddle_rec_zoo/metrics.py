@@ -105,7 +105,8 @@ _FUNCTIONS = {"auc": auc, "logloss": logloss, "calibration": calibration}
 @dataclass(frozen=True)
 class Metric:
     """One metric a model declares: `kind` of output `output` against the product of the label
-    columns `labels`, over the rows where every label of `where` is 1 (all rows when empty).
+    columns `labels`, over the rows where every column of `where` is 1 (`~name`: is 0); all
+    rows when `where` is empty. `title` names it in tables.
 
     `Metric("auc", "auc_cvr", "pcvr", ("buy",), where=("click",))` is ESMM's CVR AUC on clicked
     impressions; `Metric("auc", "auc_ctcvr", "pctcvr", ("click", "buy"))` its CTCVR AUC.
@@ -116,6 +117,7 @@ class Metric:
     output: str
     labels: tuple[str, ...]
     where: tuple[str, ...] = ()
+    title: str = ""
 
     @property
     def higher_is_better(self) -> bool:
@@ -125,7 +127,15 @@ class Metric:
         return _product(columns, self.labels)
 
     def mask(self, columns: dict) -> np.ndarray | None:
-        return _product(columns, self.where) > 0.5 if self.where else None
+        if not self.where:
+            return None
+        keep = np.ones(len(columns[self.output]), bool)
+        for name in self.where:
+            if name.startswith("~"):
+                keep &= np.asarray(columns[name[1:]]) <= 0.5
+            else:
+                keep &= np.asarray(columns[name]) > 0.5
+        return keep
 
     def compute(self, columns: dict) -> float:
         """From 1-D arrays of outputs and labels, keyed by name."""

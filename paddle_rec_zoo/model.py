@@ -34,6 +34,9 @@ class ModelSpec:
     - `labels`: the reader's label columns its loss and metrics use;
     - `metrics`: evaluated exactly on the test data (and `runner.keep_best`'s choices);
     - `train_metrics`: running values in training logs (AUCs only, from histograms);
+    - `truth_metrics`: with a data set's true probabilities (synthetic data): metrics whose
+      labels are `truth_<output>` (the true probability) or `truth_<output>_label` (a label drawn
+      from it), see `paddle_rec_zoo.experiment_table.Truth`;
     - `counts`: positives counted in an evaluation's result, {name: label columns multiplied};
     - `label_keys`: the config key that chose each label column (for error messages).
     """
@@ -43,6 +46,7 @@ class ModelSpec:
     labels: tuple[str, ...]
     metrics: tuple[Metric, ...]
     train_metrics: tuple[Metric, ...] = ()
+    truth_metrics: tuple[Metric, ...] = ()
     counts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     label_keys: dict[str, str] = field(default_factory=dict)
 
@@ -79,6 +83,12 @@ class Model(nn.Layer):
 
     def loss(self, outputs: dict, labels: dict):
         raise NotImplementedError
+
+    @staticmethod
+    def outputs_from_truth(spec: ModelSpec, truth: dict) -> dict:
+        """The outputs a perfect model would give, from true probabilities keyed by output name
+        (the oracle of experiment tables); outputs the truth lacks are left out."""
+        return {k: truth[k] for k in spec.outputs if k in truth}
 
     # ---- regularisation every model may use (hyper_parameters.l2_regularization and
     # embedding_regularization, see paddle_rec_zoo.features.FeatureHyperParameters)

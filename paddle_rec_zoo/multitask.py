@@ -95,10 +95,10 @@ def multitask_spec(hp: MultiTaskHyperParameters) -> ModelSpec:
     ctr, cvr = set(hp.ctr_tower.metrics), set(hp.cvr_tower.metrics)
     metrics = []
     if "auc" in ctr:
-        metrics.append(Metric("auc", "auc_ctr", "pctr", (click,)))
+        metrics.append(Metric("auc", "auc_ctr", "pctr", (click,), title="CTR AUC"))
     if "auc" in cvr:
-        metrics.append(Metric("auc", "auc_cvr", "pcvr", (buy,), where=(click,)))
-        metrics.append(Metric("auc", "auc_ctcvr", "pctcvr", (click, buy)))
+        metrics.append(Metric("auc", "auc_cvr", "pcvr", (buy,), (click,), "CVR AUC (clicked)"))
+        metrics.append(Metric("auc", "auc_ctcvr", "pctcvr", (click, buy), title="CTCVR AUC"))
     for kind in ("logloss", "calibration"):
         if kind in ctr:
             metrics.append(Metric(kind, f"{kind}_ctr", "pctr", (click,)))
@@ -114,12 +114,27 @@ def multitask_spec(hp: MultiTaskHyperParameters) -> ModelSpec:
         labels=(click, buy),
         metrics=tuple(metrics),
         train_metrics=train,
+        truth_metrics=truth_metrics(click),
         counts={"clicks": (click,), "buys": (click, buy)},  # of the towers' labels
         label_keys={
             click: "hyper_parameters.ctr_tower.label_name",
             buy: "hyper_parameters.cvr_tower.label_name",
         },  # fmt: skip
     )
+
+
+def truth_metrics(click: str) -> tuple[Metric, ...]:
+    """With synthetic data's true probabilities: is pCVR right on every impression, not only on
+    the clicked ones real labels can check it on? (ESMM's and ESCM²'s question.) The entire-space
+    AUC is against labels drawn from the true pCVR; calibration is mean pCVR / mean true pCVR."""
+    return (
+        Metric("auc", "auc_cvr_entire", "pcvr", ("truth_pcvr_label",),
+               title="CVR AUC (entire space)"),
+        Metric("calibration", "calibration_cvr_entire", "pcvr", ("truth_pcvr",),
+               title="pCVR calibration (entire space)"),
+        Metric("calibration", "calibration_cvr_unclicked", "pcvr", ("truth_pcvr",),
+               (f"~{click}",), "pCVR calibration (unclicked)"),
+    )  # fmt: skip
 
 
 class MultiTaskModel(Model):
@@ -130,6 +145,13 @@ class MultiTaskModel(Model):
     @classmethod
     def spec(cls, hp) -> ModelSpec:
         return multitask_spec(hp)
+
+    @staticmethod
+    def outputs_from_truth(spec, truth: dict) -> dict:
+        out = Model.outputs_from_truth(spec, truth)
+        if "pctr" in out and "pcvr" in out:
+            out["pctcvr"] = out["pctr"] * out["pcvr"]
+        return out
 
     def labels_of(self, labels: dict):
         """(click, buy) [B, 1] float32 of the towers' label columns."""

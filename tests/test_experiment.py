@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import ESMM_CONFIG, ESMM_DIR, run_tool
+from conftest import ESMM_CONFIG, ESMM_DIR, esmm_config, esmm_module, run_tool
 
 from paddle_rec_zoo import experiment_table as table
 
@@ -25,19 +25,41 @@ def test_scoring_uses_clicked_rows_and_truth_labels(tmp_path):
     buy = click * (rng.random(n) < pcvr)
     preds = {"sample_id": ids.astype(float), "click": click, "buy": buy}
     preds.update(pctr=np.full(n, 0.5), pcvr=pcvr, pctcvr=0.5 * pcvr)
-    scored = table.score(preds, truth)
-    assert set(scored) == set(table.METRICS)
+    net = esmm_module("net").ESMMLayer
+    spec = net.spec(esmm_config().hyper_parameters)
+    scored = table.score(spec, preds, truth)
+    metrics = table.table_metrics(spec, truth)
+    assert set(scored) == {m.name for m in metrics} == {
+        "auc_ctr", "auc_cvr", "auc_ctcvr", "auc_cvr_entire", "calibration_cvr_entire",
+        "calibration_cvr_unclicked",
+    }  # fmt: skip
     assert scored["auc_cvr_entire"] > 0.7  # true pCVR ranks its own Bernoulli labels well
-    assert table.oracle(preds, truth)["auc_cvr_entire"] == pytest.approx(scored["auc_cvr_entire"])
+    assert scored["calibration_cvr_entire"] == pytest.approx(1.0)  # pcvr is the truth here
+    oracle = table.oracle(spec, net, preds, truth)
+    assert oracle["auc_cvr_entire"] == pytest.approx(scored["auc_cvr_entire"])
     # labels are drawn once per data set: the same for every run
     again = table.Truth(str(truth_path))
-    np.testing.assert_array_equal(again.cvr_label, truth.cvr_label)
+    np.testing.assert_array_equal(again.labels["pcvr"], truth.labels["pcvr"])
     summary = table.summarize(
-        [{"variant": "a", **scored}, {"variant": "a", **{k: v - 0.02 for k, v in scored.items()}}]
+        [{"variant": "a", **scored}, {"variant": "a", **{k: v - 0.02 for k, v in scored.items()}}],
+        metrics,
     )
-    md = table.markdown_table(summary, table.oracle(preds, truth))
+    md = table.markdown_table(summary, metrics, oracle)
     assert "CVR AUC (clicked)" in md and "CVR AUC (entire space)" in md and "oracle" in md
     assert " ± 1.41 |" in md  # std of two runs 2 points apart, in %
+    assert " ± 0.014 |" in md  # a calibration: as a ratio
+
+
+def test_calibration_on_unclicked_rows_sees_only_them(tmp_path):
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text("sample_id,pctr,pcvr\n1,0.5,0.2\n2,0.5,0.2\n3,0.5,0.4\n4,0.5,0.4\n")
+    spec = esmm_module("net").ESMMLayer.spec(esmm_config().hyper_parameters)
+    preds = {"sample_id": np.array([1.0, 2, 3, 4]), "click": np.array([1.0, 1, 0, 0])}
+    preds.update(buy=np.zeros(4), pctr=np.full(4, 0.5), pcvr=np.array([0.9, 0.9, 0.2, 0.2]))
+    preds["pctcvr"] = preds["pctr"] * preds["pcvr"]
+    scored = table.score(spec, preds, table.Truth(str(truth_path)))
+    assert scored["calibration_cvr_unclicked"] == pytest.approx(0.2 / 0.4)  # rows 3, 4 only
+    assert scored["calibration_cvr_entire"] == pytest.approx(0.55 / 0.3)
 
 
 @pytest.mark.slow
@@ -63,10 +85,11 @@ def test_experiment_runs_two_variants_two_seeds(tmp_path):
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| variant"))
     assert header == (
-        "| variant | seeds | CTR AUC | CVR AUC (clicked) | CTCVR AUC | CVR AUC (entire space) |"
+        "| variant | seeds | CTR AUC | CVR AUC (clicked) | CTCVR AUC | CVR AUC (entire space) "
+        "| pCVR calibration (entire space) | pCVR calibration (unclicked) |"
     )
     rows = [line for line in md.splitlines() if line.startswith(("| esmm", "| base", "| oracle"))]
-    assert len(rows) == 3 and all(line.count("±") == 4 for line in rows[:2])
+    assert len(rows) == 3 and all(line.count("±") == 6 for line in rows[:2])
     assert (out / "results.png").stat().st_size > 10_000
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["variant"], r.get("seed")) for r in results] == [

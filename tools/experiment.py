@@ -1,24 +1,29 @@
-"""The paper's comparison (Table 2), reproducible: train and evaluate variants over seeds.
+"""Compare models, or one model's variants, over seeds: train, evaluate, tabulate.
 
+    # models of the zoo on generated data with ground truth (or --data DIR)
+    python tools/experiment.py --models esmm escm2 aitm mmoe ple --seeds 3 [--rows 1000000]
+    # one model's variants (hyper_parameters.variant), on its config's data
     python tools/experiment.py -m models/multitask/esmm/config_bigdata.yaml \
-        --variants esmm base division esmm_ns --seeds 5 [--engine static|dygraph] [--out DIR] \
-        [-o runner.train_data_dir=... runner.test_data_dir=...]
+        --variants esmm base division esmm_ns --seeds 5
 
-Each (variant, seed) is trained by the engine's trainer tool and its last epoch (or `best/` with
-`--checkpoint best`) evaluated by the infer tool, both as subprocesses (Paddle's static mode is
-process-global), with `hyper_parameters.variant` and `runner.seed` set. The predictions are
-scored by `paddle_rec_zoo/experiment_table.py`; the outputs in `--out`:
+Each (model or variant, seed) is trained by the engine's trainer tool and its last epoch (or
+`best/` with `--checkpoint best`) evaluated by the infer tool, both as subprocesses (Paddle's
+static mode is process-global), with `runner.seed` set. A model is the folder `models/*/<name>/`
+and its `config_bigdata.yaml` (`--config-name`). The predictions are scored with each model's
+declared metrics (`paddle_rec_zoo/experiment_table.py`); the outputs in `--out`:
 
     results.jsonl   one line per run          results.md   the table (AUC %, mean ± std)
-    results.png     bars with ±std            runs/<variant>-s<seed>/   checkpoints, logs, predictions
+    results.png     bars with ±std            runs/<name>-s<seed>/   checkpoints, logs, predictions
 
-A truth file (`truth_test.csv` beside the test data folder, or `--truth`) adds the entire-space
-CVR AUC and an oracle row. Runs whose predictions exist are reused unless `--rerun`.
+A truth file (`truth_test.csv` beside the test data folder, or `--truth`) adds the model's
+truth metrics (e.g. entire-space CVR AUC and calibration) and an oracle row. Runs whose
+predictions exist are reused unless `--rerun`.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -27,18 +32,30 @@ import tempfile
 import time
 
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("esmm", "base", "division", "esmm_ns")
+ROOT = os.path.dirname(TOOLS_DIR)
+SYNTHETIC = os.path.join(ROOT, "datasets", "ali-ccp", "synthetic.py")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="experiment.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("-m", "--config", required=True, help="the model's config YAML")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--seeds", type=int, default=5, help="runs per variant (runner.seed 1..N)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--models", nargs="+", metavar="NAME", help="model folders to compare")
+    what.add_argument("-m", "--config", help="one model's config YAML (with --variants)")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="with -m: values of hyper_parameters.variant (default: all)")  # fmt: skip
+    p.add_argument("--config-name", default="config_bigdata.yaml",
+                   help="with --models: the config file of each model folder")  # fmt: skip
+    p.add_argument("--data", default="",
+                   help="with --models: a folder holding train_data/ and test_data/ (and "
+                   "truth_test.csv); default: generate synthetic data there")  # fmt: skip
+    p.add_argument("--rows", type=int, default=1_000_000,
+                   help="training impressions of the generated data (test: a quarter)")  # fmt: skip
+    p.add_argument("--data-seed", type=int, default=1, help="seed of the generated data")
+    p.add_argument("--seeds", type=int, default=5, help="runs per row (runner.seed 1..N)")
     p.add_argument("--engine", choices=("static", "dygraph"), default="static")
     p.add_argument(
         "--out",
-        default=os.path.join(tempfile.gettempdir(), "esmm-experiment"),
+        default=os.path.join(tempfile.gettempdir(), "zoo-experiment"),
         help="output folder (default: %(default)s; checkpoints of every run go there too)",
     )
     p.add_argument("--truth", default="", help="truth CSV (sample_id,pctr,pcvr) of the test split")
@@ -75,42 +92,112 @@ def main(argv=None) -> int:
         return 2
 
 
+def model_config(name: str, config_name: str) -> str:
+    """`models/*/<name>/<config_name>`: a model of the zoo by its folder's name."""
+    from paddle_rec_zoo.errors import UserError
+
+    found = sorted(glob.glob(os.path.join(ROOT, "models", "*", name, config_name)))
+    if not found:
+        names = sorted(
+            os.path.basename(os.path.dirname(p))
+            for p in glob.glob(os.path.join(ROOT, "models", "*", "*", config_name))
+        )
+        raise UserError(f"--models: no model {name!r} with a {config_name} (models: {names})")
+    return found[0]
+
+
+def generated_data(args, out: str) -> tuple[str, list[str]]:
+    """The data folder of `--models` runs (generated once, then reused) and its overrides."""
+    from paddle_rec_zoo.errors import UserError
+    from paddle_rec_zoo.progress import log
+
+    folder = os.path.abspath(args.data) if args.data else os.path.join(out, "data")
+    meta_path = os.path.join(folder, "meta.json")
+    if not os.path.exists(meta_path):
+        if args.data and os.path.exists(os.path.join(folder, "train_data")):
+            raise UserError(f"--data: {folder} has no meta.json (sparse_feature_number)")
+        log(f"generating {args.rows:,} synthetic impressions (seed {args.data_seed}) in {folder}")
+        cmd = [sys.executable, SYNTHETIC, "--n", str(args.rows), "--out", folder]
+        subprocess.run([*cmd, "--seed", str(args.data_seed)], check=True, capture_output=True)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    overrides = [
+        f"runner.train_data_dir={os.path.join(folder, 'train_data')}",
+        f"runner.test_data_dir={os.path.join(folder, 'test_data')}",
+        f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+    ]
+    return folder, overrides
+
+
+def plan(args, out: str) -> tuple[str, list[tuple[str, str, list[str]]], str]:
+    """(row title, [(row name, config path, overrides)], test data folder)."""
+    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.errors import UserError
+
+    if args.models:
+        folder, data = generated_data(args, out)
+        rows = [(m, model_config(m, args.config_name), data) for m in args.models]
+        for _, path, overrides in rows:  # every override and config valid before training
+            load_config(path, [*overrides, *args.opt], network(path).hyper_parameters_class)
+        return "model", rows, os.path.join(folder, "test_data")
+    hyper = network(args.config).hyper_parameters_class
+    config = load_config(args.config, args.opt, hyper)
+    choices = getattr(hyper, "VARIANTS", None)
+    if choices is None:
+        raise UserError(f"{args.config}: this model has no variants (hyper_parameters.variant)")
+    variants = args.variants or list(choices)
+    for v in variants:
+        if v not in choices:
+            raise UserError(f"--variants: {v!r} is not one of {', '.join(choices)}")
+    rows = [(v, args.config, [f"hyper_parameters.variant={v}"]) for v in variants]
+    return "variant", rows, config.runner.test_data_dir
+
+
+def network(config_path: str):
+    from paddle_rec_zoo.model_loader import load_model_module
+
+    model_dir = os.path.dirname(os.path.abspath(config_path))
+    return load_model_module(model_dir, "dygraph_model").DygraphModel.network
+
+
 def run(args) -> int:
     from paddle_rec_zoo import experiment_table as table
     from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.errors import UserError
-    from paddle_rec_zoo.model_loader import load_model_module
     from paddle_rec_zoo.progress import log
 
-    model_dir = os.path.dirname(os.path.abspath(args.config))
-    hyper_cls = load_model_module(model_dir, "dygraph_model").DygraphModel.hyper_parameters_class
-    config = load_config(args.config, args.opt, hyper_cls)  # validates the overrides up front
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
-    if args.checkpoint == "best" and not config.runner.keep_best:
-        raise UserError(
-            "--checkpoint best needs runner.keep_best (e.g. -o runner.keep_best=auc_ctcvr)"
-        )
-    truth_path = args.truth or os.path.join(
-        os.path.dirname(os.path.normpath(config.runner.test_data_dir)), "truth_test.csv"
-    )
-    truth = table.Truth(truth_path) if (args.truth or os.path.exists(truth_path)) else None
-    log(f"truth: {truth_path}" if truth else "no truth file: no entire-space CVR AUC, no oracle")
-
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    key, rows, test_dir = plan(args, out)
+    truth_path = args.truth or os.path.join(
+        os.path.dirname(os.path.normpath(test_dir)), "truth_test.csv"
+    )
+    truth = table.Truth(truth_path) if (args.truth or os.path.exists(truth_path)) else None
+    log(f"truth: {truth_path}" if truth else "no truth file: no truth metrics, no oracle")
     trainer, infer = (
         ("static_trainer", "static_infer") if args.engine == "static" else ("trainer", "infer")
     )
-    epochs = config.runner.epochs
-    results, oracle_row = [], None
-    for variant in args.variants:
+    results, oracle_row, metrics = [], None, []
+    for name, config_path, row_opts in rows:
+        net = network(config_path)
+        config = load_config(config_path, [*row_opts, *args.opt], net.hyper_parameters_class)
+        if args.checkpoint == "best" and not config.runner.keep_best:
+            raise UserError(
+                "--checkpoint best needs runner.keep_best (e.g. -o runner.keep_best=auc_ctcvr)"
+            )
+        spec = net.spec(config.hyper_parameters)
+        for m in table.table_metrics(spec, truth):
+            if m.name not in {x.name for x in metrics}:
+                metrics.append(m)
+        epochs = config.runner.epochs
         for seed in range(1, args.seeds + 1):
-            run_dir = os.path.join(out, "runs", f"{variant}-s{seed}")
+            run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
             preds_path = os.path.join(run_dir, "predictions.csv")
             common = [
+                *row_opts,
                 *args.opt,
-                f"hyper_parameters.variant={variant}",
                 f"runner.seed={seed}",
                 f"runner.model_save_path={run_dir}",
                 "runner.overwrite=True",
@@ -118,8 +205,8 @@ def run(args) -> int:
             start = time.time()
             if args.rerun or not os.path.exists(preds_path):
                 os.makedirs(run_dir, exist_ok=True)
-                log(f"{variant} seed {seed}: training ({args.engine}, {epochs} epoch(s))")
-                run_tool(trainer, args.config, common, os.path.join(run_dir, "train.log"))
+                log(f"{name} seed {seed}: training ({args.engine}, {epochs} epoch(s))")
+                run_tool(trainer, config_path, common, os.path.join(run_dir, "train.log"))
                 load = (
                     [f"runner.infer_load_path={os.path.join(run_dir, 'best')}"]
                     if args.checkpoint == "best"
@@ -130,37 +217,36 @@ def run(args) -> int:
                 )
                 run_tool(
                     infer,
-                    args.config,
+                    config_path,
                     [*common, *load, f"runner.save_predictions={preds_path}"],
                     os.path.join(run_dir, "infer.log"),
                 )
-            cols = table.read_csv_columns(
-                preds_path, ("sample_id", "click", "buy", "pctr", "pcvr", "pctcvr")
-            )
-            result = {"variant": variant, "seed": seed, **table.score(cols, truth)}
+            cols = table.read_csv_columns(preds_path, ("sample_id", *spec.labels, *spec.outputs))
+            result = {key: name, "seed": seed, **table.score(spec, cols, truth)}
             result["seconds"] = round(time.time() - start, 1)
             results.append(result)
             if truth is not None and oracle_row is None:
-                oracle_row = table.oracle(cols, truth)
+                oracle_row = table.oracle(spec, net, cols, truth)
             log(
-                f"{variant} seed {seed}: "
-                + " ".join(f"{k} {result[k]:.4f}" for k in table.METRICS if k in result)
+                f"{name} seed {seed}: "
+                + " ".join(f"{m.name} {result[m.name]:.4f}" for m in metrics if m.name in result)
             )
     with open(os.path.join(out, "results.jsonl"), "w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
         if oracle_row:
-            f.write(json.dumps({"variant": "oracle", **oracle_row}) + "\n")
-    summary = table.summarize(results)
-    md = table.markdown_table(summary, oracle_row, args.seeds)
+            f.write(json.dumps({key: "oracle", **oracle_row}) + "\n")
+    summary = table.summarize(results, metrics, key)
+    md = table.markdown_table(summary, metrics, oracle_row, args.seeds, key)
+    what = " ".join(args.models) if args.models else args.config
     header = (
-        f"Test AUC (%), mean ± std over {args.seeds} seed(s); config {args.config}"
+        f"Test metrics, mean ± std over {args.seeds} seed(s) (AUC in %); {what}"
         + (f" -o {' '.join(args.opt)}" if args.opt else "")
-        + f"; engine {args.engine}, {epochs} epoch(s), {args.checkpoint} checkpoint.\n\n"
+        + f"; engine {args.engine}, {args.checkpoint} checkpoint.\n\n"
     )
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(header + md)
-    table.plot(summary, os.path.join(out, "results.png"), oracle_row)
+    table.plot(summary, metrics, os.path.join(out, "results.png"), oracle_row)
     print(md, end="")
     log(f"wrote {out}/results.md, results.png, results.jsonl")
     return 0

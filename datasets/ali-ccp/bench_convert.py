@@ -174,9 +174,9 @@ def _measured(cmd, env=None) -> tuple[str, float, float]:
 def read_probe(folder: str, cache: str, n_ids: int) -> dict:
     """In this process: load the train split as the trainer does and gather every shuffled batch
     of 1024 of one epoch; print rows/s and seconds."""
+    from paddle_rec_zoo.ali_ccp import Reader
     from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.data import Dataset, list_data_files
-    from paddle_rec_zoo.ali_ccp import Reader
     from paddle_rec_zoo.model_loader import load_model_module
 
     model_dir = ROOT / "models" / "multitask" / "esmm"

@@ -26,6 +26,7 @@ lives in the `paddle_rec_zoo` package; this file holds only what the paper adds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import paddle
 import paddle.nn as nn
@@ -49,6 +50,7 @@ _EPS = 1e-7
 class HyperParameters(MultiTaskHyperParameters):
     """The `hyper_parameters:` section of an ESMM config."""
 
+    VARIANTS: ClassVar[tuple[str, ...]] = VARIANTS  # tools/experiment.py --variants
     variant: str = "esmm"  # esmm, esmm_ns, base or division (see the module docstring)
 
     def validate(self, where: str):
