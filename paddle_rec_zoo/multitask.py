@@ -20,6 +20,7 @@ from paddle_rec_zoo.model import Input, Model, ModelSpec
 DEFAULT_TOWER = [256, 64]
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
 TOWERS = ("ctr", "cvr")
+CVR_LOSSES = ("entire_space", "clicked")  # how a CVR output is fitted (see MultiTaskModel)
 DEFAULT_LABELS = {"ctr": "click", "cvr": "buy"}
 _EPS = 1e-7
 
@@ -157,14 +158,20 @@ class MultiTaskModel(Model):
         """(click, buy) [B, 1] float32 of the towers' label columns."""
         return labels[self.hp.label("ctr")], labels[self.hp.label("cvr")]
 
-    def entire_space_loss(self, ctr_logit, cvr_logit, click, buy, extra_parts=None):
-        """w_ctr·BCE(pctr, click) + w_cvr·BCE(pctr·pcvr, click·buy), over all impressions (the
-        ESMM loss; the towers' weights from the config). Returns (total, parts)."""
+    def ctr_cvr_loss(self, outputs: dict, labels: dict, cvr_loss: str = "entire_space"):
+        """(total, parts) of the towers' logits, regularised: w_ctr·BCE(pctr, click) plus
+        - entire_space: w_cvr·BCE(pctr·pcvr, click·buy) over all impressions (ESMM's), or
+        - clicked: w_cvr·BCE(pcvr, buy) over the clicked impressions only (the naive CVR)."""
         hp = self.hp
+        click, buy = self.labels_of(labels)
+        ctr_logit, cvr_logit = outputs["ctr_logit"], outputs["cvr_logit"]
         ctr_loss = F.binary_cross_entropy_with_logits(ctr_logit, click)
-        ctcvr_loss = ctcvr_bce(ctr_logit, cvr_logit, click * buy)
-        total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * ctcvr_loss
-        return total, {"loss_ctr": ctr_loss, "loss_ctcvr": ctcvr_loss, **(extra_parts or {})}
+        if cvr_loss == "entire_space":
+            second, name = ctcvr_bce(ctr_logit, cvr_logit, click * buy), "loss_ctcvr"
+        else:
+            second, name = clicked_bce(cvr_logit, buy, click), "loss_cvr"
+        total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * second
+        return self.regularized(total, {"loss_ctr": ctr_loss, name: second}, outputs)
 
 
 def entire_space_outputs(ctr_logit, cvr_logit) -> dict:

@@ -35,12 +35,7 @@ import paddle.nn.functional as F
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.features import FeatureInput
 from paddle_rec_zoo.layers import mlp
-from paddle_rec_zoo.multitask import (
-    MultiTaskHyperParameters,
-    MultiTaskModel,
-    clicked_bce,
-    entire_space_outputs,
-)
+from paddle_rec_zoo.multitask import MultiTaskHyperParameters, MultiTaskModel, entire_space_outputs
 
 VARIANTS = ("esmm", "esmm_ns", "base", "division")
 _EPS = 1e-7
@@ -114,19 +109,14 @@ class ESMMLayer(MultiTaskModel):
 
     def loss(self, outputs: dict, labels: dict):
         """Total training loss and its parts; `labels` maps label names to [B, 1] float32."""
+        if self.variant in ("esmm", "esmm_ns"):
+            return self.ctr_cvr_loss(outputs, labels, "entire_space")
+        if self.variant == "base":
+            return self.ctr_cvr_loss(outputs, labels, "clicked")
+        # division: CTR and CTCVR fitted independently
         hp = self.hp
         click, buy = self.labels_of(labels)
-        if self.variant == "esmm" or self.variant == "esmm_ns":
-            total, parts = self.entire_space_loss(
-                outputs["ctr_logit"], outputs["cvr_logit"], click, buy
-            )
-        else:
-            ctr_loss = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], click)
-            if self.variant == "base":
-                second, name = clicked_bce(outputs["cvr_logit"], buy, click), "loss_cvr"
-            else:  # division
-                second = F.binary_cross_entropy_with_logits(outputs["ctcvr_logit"], click * buy)
-                name = "loss_ctcvr"
-            total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * second
-            parts = {"loss_ctr": ctr_loss, name: second}
-        return self.regularized(total, parts, outputs)
+        ctr_loss = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], click)
+        ctcvr_loss = F.binary_cross_entropy_with_logits(outputs["ctcvr_logit"], click * buy)
+        total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * ctcvr_loss
+        return self.regularized(total, {"loss_ctr": ctr_loss, "loss_ctcvr": ctcvr_loss}, outputs)

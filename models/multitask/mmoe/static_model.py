@@ -1,0 +1,10 @@
+"""Static-graph adapter of MMoE (PIR): PaddleRec's `StaticModel` contract, generic over the
+network."""
+
+from paddle_rec_zoo import adapters
+
+from .net import MMoELayer
+
+
+class StaticModel(adapters.StaticModel):
+    network = MMoELayer

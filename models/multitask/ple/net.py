@@ -1,0 +1,69 @@
+"""PLE (Tang et al., RecSys 2020): progressive layered extraction, for CTR and CVR on Ali-CCP.
+
+    ids ─► features ─► CGC level 1 ─► ... ─► CGC level L ─┬─► CTR tower ─► pctr
+                       (task experts + shared experts,    └─► CVR tower ─► pcvr
+                        a gate per task)                       pctcvr = pctr · pcvr
+
+Each level has experts of its own for every task and experts shared by all; a task's gate mixes
+its own and the shared experts, which keeps a task's private knowledge from being overwritten by
+the other's (the "seesaw" the paper is about). With one level it is CGC. The CVR output is
+fitted as MMoE's is (`cvr_loss`). Shared parts: `paddle_rec_zoo.features`, `.experts`,
+`.multitask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.experts import PLE, ExpertsHyperParameters
+from paddle_rec_zoo.features import FeatureInput
+from paddle_rec_zoo.layers import mlp
+from paddle_rec_zoo.multitask import MultiTaskModel, entire_space_outputs
+
+
+@dataclass
+class HyperParameters(ExpertsHyperParameters):
+    """The `hyper_parameters:` section of a PLE config."""
+
+    num_levels: int = 2  # CGC levels (1 = CGC)
+    num_task_experts: int = 2  # experts of each task, per level
+    num_shared_experts: int = 2  # experts shared by both tasks, per level
+
+    def validate(self, where: str):
+        super().validate(where)
+        for key in ("num_levels", "num_task_experts", "num_shared_experts"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{where}.{key} must be at least 1")
+
+
+class PLELayer(MultiTaskModel):
+    """ids [B, width] int64 -> pctr, pcvr, pctcvr [B, 1] and the towers' logits."""
+
+    hyper_parameters_class = HyperParameters
+
+    def __init__(self, hp: HyperParameters):
+        super().__init__(hp)
+        self.input = FeatureInput(hp)
+        self.ple = PLE(
+            self.input.out_size,
+            2,
+            hp.num_levels,
+            hp.num_task_experts,
+            hp.num_shared_experts,
+            hp.expert_units,
+            hp.expert_dropout,
+        )
+        size = self.ple.out_size
+        self.ctr_tower = mlp(size, hp.tower_units("ctr"), hp.ctr_tower.dropout)
+        self.cvr_tower = mlp(size, hp.tower_units("cvr"), hp.cvr_tower.dropout)
+
+    def forward(self, ids):
+        x, pooled = self.input(ids)
+        ctr_x, cvr_x = self.ple(x)
+        out = entire_space_outputs(self.ctr_tower(ctr_x), self.cvr_tower(cvr_x))
+        out["embedding_reg"] = self.embedding_penalty([pooled])
+        return out
+
+    def loss(self, outputs: dict, labels: dict):
+        return self.ctr_cvr_loss(outputs, labels, self.hp.cvr_loss)
