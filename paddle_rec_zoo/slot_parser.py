@@ -256,7 +256,7 @@ class SlotParser:
         bad_line = (n_tok < n_head) & ~empty_line
 
         # every byte offset as the start of an unaligned little-endian uint64 (8 bytes at once)
-        words = _words(buf)
+        words = byte_words(buf)
 
         # --- head columns: sample_id, labels
         full = (n_tok >= n_head) & ~empty_line
@@ -264,7 +264,7 @@ class SlotParser:
         labels = np.zeros((n_lines, len(self.label_names)), np.int8)
         head_lines = np.flatnonzero(full)
         t0 = first_tok[head_lines]
-        sample_id[head_lines], ok = _parse_uints(buf, words, tok_start[t0], tok_end[t0])
+        sample_id[head_lines], ok = parse_uints(buf, words, tok_start[t0], tok_end[t0])
         bad_line[head_lines[~ok]] = True
         for j in range(len(self.label_names)):
             t = t0 + 1 + j
@@ -287,7 +287,7 @@ class SlotParser:
         known = self._keys_sorted[pos_c] == key
         feat, colon, fend = feat[known], colon[known], fend[known]
         field = self._key_order[pos_c[known]]
-        value, ok = _parse_uints(buf, words, colon + 1, fend)
+        value, ok = parse_uints(buf, words, colon + 1, fend)
         if self.hash_ids:
             value = np.where(value >= self.id_limit, 1 + (value - 1) % (self.id_limit - 1), value)
         elif self.id_limit is not None:
@@ -370,7 +370,7 @@ _ZERO_FILL = np.array(
 _U64 = np.uint64
 
 
-def _words(buf: np.ndarray) -> np.ndarray:
+def byte_words(buf: np.ndarray) -> np.ndarray:
     """`words[i]` = bytes `i .. i+7` of `buf` as a little-endian uint64 (zero-padded at the end);
     `len(words) == len(buf) + 1`. A strided view of one padded copy, no per-offset copy."""
     padded = np.zeros(len(buf) + 16, np.uint8)
@@ -388,7 +388,7 @@ def _first_byte(word: np.ndarray, byte: int) -> np.ndarray:
     return np.where(hit == 0, 8, index.astype(np.int64))
 
 
-def _parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
+def parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
     """Non-negative integers written in `buf[start:end]` -> (int64 values, ok).
 
     `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
