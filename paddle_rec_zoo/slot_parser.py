@@ -388,31 +388,45 @@ def _first_byte(word: np.ndarray, byte: int) -> np.ndarray:
     return np.where(hit == 0, 8, index.astype(np.int64))
 
 
-def parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative integers written in `buf[start:end]` -> (int64 values, ok).
-
-    `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
-    Spans of up to 8 digits, almost all of them, are parsed 8 bytes at a time; longer ones digit
-    by digit.
-    """
-    n = end - start
-    short = (n >= 1) & (n <= 8)
-    k = np.where(short, n, 8).astype(np.uint64)
-    # shift the digits to the end of the word and fill the front with '0': always 8 digits
-    x = (words[start] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k]
-    ok = short & (
-        (
-            (x & _U64(0xF0F0F0F0F0F0F0F0))
-            | (((x + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
-        )
-        == _U64(0x3333333333333333)
-    )
+def _eight_digits(x):
+    """Value of the 8 ASCII bytes of each word `x` (the first is the most significant digit),
+    and whether all 8 are digits."""
+    ok = (
+        (x & _U64(0xF0F0F0F0F0F0F0F0))
+        | (((x + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
+    ) == _U64(0x3333333333333333)
     x = x - _ASCII_0
     x = (x * _U64(10) + (x >> _U64(8))) & _U64(0x00FF00FF00FF00FF)
     x = (x * _U64(100) + (x >> _U64(16))) & _U64(0x0000FFFF0000FFFF)
     x = (x * _U64(10000) + (x >> _U64(32))) & _U64(0xFFFFFFFF)
-    value = np.where(ok, x.astype(np.int64), 0)
-    long = np.flatnonzero((n > 8) & (n <= _MAX_DIGITS))
+    return x.astype(np.int64), ok
+
+
+def parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative integers written in `buf[start:end]` -> (int64 values, ok); `words` is
+    `byte_words(buf)`.
+
+    `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
+    Spans of up to 16 digits, almost all of them, are parsed 8 bytes at a time (the last 8
+    digits, then those before); longer ones digit by digit.
+    """
+    n = end - start
+    short = (n >= 1) & (n <= 16)
+    k = np.where(short, np.minimum(n, 8), 8).astype(np.uint64)  # digits in the low word
+    # shift the last k digits to the end of the word and fill the front with '0': 8 digits
+    low_at = np.where(short, end - k.astype(np.int64), start)
+    value, ok = _eight_digits((words[low_at] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k])
+    ok &= short
+    mid = np.flatnonzero(short & (n > 8))
+    if len(mid):  # 9 to 16 digits: the first n - 8 as a second word
+        k = (n[mid] - 8).astype(np.uint64)
+        high, high_ok = _eight_digits(
+            (words[start[mid]] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k]
+        )
+        value[mid] += high * 100_000_000
+        ok[mid] &= high_ok
+    value = np.where(ok, value, 0)
+    long = np.flatnonzero((n > 16) & (n <= _MAX_DIGITS))
     if len(long):
         s, m = start[long], n[long]
         v = np.zeros(len(long), np.int64)
