@@ -180,7 +180,7 @@ def read_vocab(path, fields) -> np.ndarray:
         return np.zeros(0, np.int64)
     field_index = np.array([index[name.decode()] for name in names.tolist()], np.int64)
     keys = (field_index[which] << KEY_SHIFT) | fid.astype(np.int64)
-    ordered = np.sort(keys)  # (numpy 2.4's hash-based np.unique took 4x the whole read)
+    ordered = np.sort(keys)  # duplicates by sorting (numpy 2.4 hashes in np.unique: slower)
     if (ordered[1:] == ordered[:-1]).any():
         raise UserError(f"{path}: a field:feature_id pair appears on two lines")
     return keys
