@@ -13,8 +13,10 @@ from __future__ import annotations
 from paddle_rec_zoo.binary_data import BinaryPart
 from paddle_rec_zoo.slot_parser import BadLines, SlotParser
 
-# The 23 Ali-CCP fields in PaddleRec's order (user, user histories, item, crosses, context): the
-# default `hyper_parameters.fields` of every model, and the converter's field list.
+# The 23 Ali-CCP fields in PaddleRec's order (user id, user histories, user profile, item,
+# crosses, context; their meanings: doc/data.md, "The 23 fields"): the default
+# `hyper_parameters.fields` of every model. The raw converter numbers feasigns in an order
+# derived from this one (`datasets/ali-ccp/vocabulary.py: feasign_order`).
 FIELDS = (
     "101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126", "127",
     "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301",

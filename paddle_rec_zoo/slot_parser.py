@@ -256,7 +256,7 @@ class SlotParser:
         bad_line = (n_tok < n_head) & ~empty_line
 
         # every byte offset as the start of an unaligned little-endian uint64 (8 bytes at once)
-        words = _words(buf)
+        words = byte_words(buf)
 
         # --- head columns: sample_id, labels
         full = (n_tok >= n_head) & ~empty_line
@@ -264,7 +264,7 @@ class SlotParser:
         labels = np.zeros((n_lines, len(self.label_names)), np.int8)
         head_lines = np.flatnonzero(full)
         t0 = first_tok[head_lines]
-        sample_id[head_lines], ok = _parse_uints(buf, words, tok_start[t0], tok_end[t0])
+        sample_id[head_lines], ok = parse_uints(buf, words, tok_start[t0], tok_end[t0])
         bad_line[head_lines[~ok]] = True
         for j in range(len(self.label_names)):
             t = t0 + 1 + j
@@ -287,7 +287,7 @@ class SlotParser:
         known = self._keys_sorted[pos_c] == key
         feat, colon, fend = feat[known], colon[known], fend[known]
         field = self._key_order[pos_c[known]]
-        value, ok = _parse_uints(buf, words, colon + 1, fend)
+        value, ok = parse_uints(buf, words, colon + 1, fend)
         if self.hash_ids:
             value = np.where(value >= self.id_limit, 1 + (value - 1) % (self.id_limit - 1), value)
         elif self.id_limit is not None:
@@ -370,7 +370,7 @@ _ZERO_FILL = np.array(
 _U64 = np.uint64
 
 
-def _words(buf: np.ndarray) -> np.ndarray:
+def byte_words(buf: np.ndarray) -> np.ndarray:
     """`words[i]` = bytes `i .. i+7` of `buf` as a little-endian uint64 (zero-padded at the end);
     `len(words) == len(buf) + 1`. A strided view of one padded copy, no per-offset copy."""
     padded = np.zeros(len(buf) + 16, np.uint8)
@@ -388,31 +388,45 @@ def _first_byte(word: np.ndarray, byte: int) -> np.ndarray:
     return np.where(hit == 0, 8, index.astype(np.int64))
 
 
-def _parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative integers written in `buf[start:end]` -> (int64 values, ok).
-
-    `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
-    Spans of up to 8 digits, almost all of them, are parsed 8 bytes at a time; longer ones digit
-    by digit.
-    """
-    n = end - start
-    short = (n >= 1) & (n <= 8)
-    k = np.where(short, n, 8).astype(np.uint64)
-    # shift the digits to the end of the word and fill the front with '0': always 8 digits
-    x = (words[start] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k]
-    ok = short & (
-        (
-            (x & _U64(0xF0F0F0F0F0F0F0F0))
-            | (((x + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
-        )
-        == _U64(0x3333333333333333)
-    )
+def _eight_digits(x):
+    """Value of the 8 ASCII bytes of each word `x` (the first is the most significant digit),
+    and whether all 8 are digits."""
+    ok = (
+        (x & _U64(0xF0F0F0F0F0F0F0F0))
+        | (((x + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
+    ) == _U64(0x3333333333333333)
     x = x - _ASCII_0
     x = (x * _U64(10) + (x >> _U64(8))) & _U64(0x00FF00FF00FF00FF)
     x = (x * _U64(100) + (x >> _U64(16))) & _U64(0x0000FFFF0000FFFF)
     x = (x * _U64(10000) + (x >> _U64(32))) & _U64(0xFFFFFFFF)
-    value = np.where(ok, x.astype(np.int64), 0)
-    long = np.flatnonzero((n > 8) & (n <= _MAX_DIGITS))
+    return x.astype(np.int64), ok
+
+
+def parse_uints(buf, words, start, end) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative integers written in `buf[start:end]` -> (int64 values, ok); `words` is
+    `byte_words(buf)`.
+
+    `ok` is False for an empty span, a non-digit byte or more than 18 digits (value then 0).
+    Spans of up to 16 digits, almost all of them, are parsed 8 bytes at a time (the last 8
+    digits, then those before); longer ones digit by digit.
+    """
+    n = end - start
+    short = (n >= 1) & (n <= 16)
+    k = np.where(short, np.minimum(n, 8), 8).astype(np.uint64)  # digits in the low word
+    # shift the last k digits to the end of the word and fill the front with '0': 8 digits
+    low_at = np.where(short, end - k.astype(np.int64), start)
+    value, ok = _eight_digits((words[low_at] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k])
+    ok &= short
+    mid = np.flatnonzero(short & (n > 8))
+    if len(mid):  # 9 to 16 digits: the first n - 8 as a second word
+        k = (n[mid] - 8).astype(np.uint64)
+        high, high_ok = _eight_digits(
+            (words[start[mid]] << (_U64(8) * (_U64(8) - k))) | _ZERO_FILL[k]
+        )
+        value[mid] += high * 100_000_000
+        ok[mid] &= high_ok
+    value = np.where(ok, value, 0)
+    long = np.flatnonzero((n > 16) & (n <= _MAX_DIGITS))
     if len(long):
         s, m = start[long], n[long]
         v = np.zeros(len(long), np.int64)

@@ -83,7 +83,7 @@ def test_warm_started_day_2_model_beats_a_cold_start_on_day_3(tmp_path, capsys, 
     for day in (1, 2, 3):
         synthetic.generate(f"raw{day}", fmt="raw", day=day, **DAY)
     meta = {}
-    convert = dict(workers=1, progress=False, jit=False)
+    convert = dict(workers=1, progress=False)
     meta[1] = convert_raw.convert("raw1", "day1", **convert)
     meta[2] = convert_raw.convert("raw2", "day2", vocab="day1", **convert)
     meta[3] = convert_raw.convert("raw3", "day3", vocab="day2", freeze_vocab=True, **convert)

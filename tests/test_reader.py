@@ -139,7 +139,7 @@ def test_unknown_fields_do_not_need_valid_ids():
 
 
 def test_eight_bytes_at_a_time_helpers_match_python():
-    from paddle_rec_zoo.slot_parser import _first_byte, _parse_uints, _words
+    from paddle_rec_zoo.slot_parser import _first_byte, byte_words, parse_uints
 
     spans = ["0", "7", "42", "00012", "12345678", "99999999", "123456789", "100000000"]
     spans += ["123456789012345678", "1234567890123456789", "", "12a4", "1:2", "-3", "9" * 17]
@@ -147,10 +147,10 @@ def test_eight_bytes_at_a_time_helpers_match_python():
     buf = np.frombuffer(text, np.uint8)
     ends = np.flatnonzero(np.frombuffer(text + b",", np.uint8) == ord(","))
     starts = np.concatenate(([0], ends[:-1] + 1))
-    value, ok = _parse_uints(buf, _words(buf), starts, ends)
+    value, ok = parse_uints(buf, byte_words(buf), starts, ends)
     for s, v, good in zip(spans, value, ok, strict=True):
         expected = s.isdigit() and len(s) <= 18
         assert bool(good) == expected, s
         assert int(v) == (int(s) if expected else 0), s
-    words = _words(np.frombuffer(b"ab:cdefghij:", np.uint8))
+    words = byte_words(np.frombuffer(b"ab:cdefghij:", np.uint8))
     assert list(_first_byte(words[[0, 1, 2, 3, 4]], ord(":"))) == [2, 1, 0, 8, 7]

@@ -2,7 +2,8 @@
 """Benchmark the raw Ali-CCP converter (convert_raw.py) and project it to the full data set.
 
     python datasets/ali-ccp/bench_convert.py [--users 2000] [--scales 1,2,4] [--runs 3]
-        [--workers 2] [--work DIR] [--markdown]
+        [--workers 2] [--work DIR] [--args ARGS] [--baseline ARGS]
+        [--baseline-converter OTHER/convert_raw.py] [--markdown]
 
 Writes raw fixtures shaped like the real files (its own writer, so the proportions are under
 control): ``--users`` common-feature rows with 9 profile ids and ~420 history ids each (raw
@@ -10,11 +11,11 @@ control): ``--users`` common-feature rows with 9 profile ids and ~420 history id
 42.3M / 730,599), ~15 item/context/cross ids each, 2% click=0,buy=1 noise. The common files stay
 fixed while the skeletons grow 1x, 2x, 4x; the test split is a quarter of the train split.
 
-Each scale is converted ``--runs`` times in a fresh subprocess (``convert_raw.py --workers N``),
-interleaved with as many runs of the baseline (``--no-jit --no-direct-io``: the numpy kernels,
-writes through the page cache), after one untimed run (it fills numba's cache on a fresh
-checkout); wall time and the peak RSS of the largest process (``os.wait4``, which covers the
-workers too) are measured. Reports the median rows/s, MB/s of raw input, output MB/s, peak RSS,
+Each scale is converted ``--runs`` times in a fresh subprocess (``convert_raw.py --workers N
+ARGS``), interleaved with as many runs of the baseline (``--baseline``, default ``--format slot``;
+with ``--baseline-converter``, run by another checkout's converter, e.g. the commit before a
+change), after one untimed run; wall time and the peak RSS of the largest process
+(``os.wait4``, which covers the workers too) are measured. Reports the median rows/s, MB/s of raw input, output MB/s, peak RSS,
 the baseline's median and the speed-up, and a linear projection to the full conversion.
 """
 
@@ -121,11 +122,11 @@ def write_fixture(out: Path, users: int, train_rows: int, seed: int = 0) -> dict
     return sizes
 
 
-BASELINE = "--format slot"  # today's slot text (compiled kernels, O_DIRECT)
+BASELINE = "--format slot"  # the slot text
 ROOT = HERE.parent.parent
 
 
-def run_once(raw: Path, out: Path, workers: int, extra=(), keep=False) -> dict:
+def run_once(raw: Path, out: Path, workers: int, extra=(), keep=False, script=None) -> dict:
     """Convert in a fresh subprocess: wall time and the peak RSS of its largest process.
 
     `os.wait4` returns the child's rusage including its own reaped children (the workers), so
@@ -133,7 +134,8 @@ def run_once(raw: Path, out: Path, workers: int, extra=(), keep=False) -> dict:
     """
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, str(HERE / "convert_raw.py"), "--raw", str(raw), "--out", str(out)]
+    script = script or HERE / "convert_raw.py"
+    cmd = [sys.executable, str(script), "--raw", str(raw), "--out", str(out)]
     cmd += ["--workers", str(workers), "--quiet", *extra]
     # Start with nothing dirty: a buffered run (the baseline) leaves gigabytes of dirty pages
     # that the kernel would write back while the next run works. Its own writeback is thus not
@@ -253,6 +255,9 @@ def main(argv=None) -> int:
                     help="converter arguments of the measured runs (default: none, i.e. binary)")  # fmt: skip
     ap.add_argument("--baseline", default=BASELINE,
                     help=f"converter arguments of the baseline runs (default: {BASELINE!r})")  # fmt: skip
+    ap.add_argument("--baseline-converter", default=None,
+                    help="convert_raw.py of another checkout to run the baseline with "
+                    "(default: this one)")  # fmt: skip
     ap.add_argument("--no-baseline", action="store_true", help="do not also time the baseline")
     ap.add_argument("--train", action="store_true",
                     help="also time the data layer on the binary and the slot form, and at the "
@@ -264,6 +269,7 @@ def main(argv=None) -> int:
         print(json.dumps(read_probe(folder, cache, int(n_ids))))
         return 0
     extra, baseline = args.args.split(), args.baseline.split()
+    base_script = Path(args.baseline_converter).resolve() if args.baseline_converter else None
     scales = [float(s) for s in args.scales.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-convert-"))
     print(
@@ -288,14 +294,14 @@ def main(argv=None) -> int:
                 if args.out_dir
                 else work / "out"
             )
-            if not results:  # untimed: on a fresh checkout numba compiles the kernels first
+            if not results:  # untimed: reads the fresh fixture into the page cache
                 first = run_once(raw, out, args.workers, extra)["wall"]
-                print(f"first run (fills numba's cache if empty, not counted): {first:.2f}s")
+                print(f"first run (not counted): {first:.2f}s")
             runs, base = [], []
             for _ in range(args.runs):  # interleaved, so both see the same machine
                 runs.append(run_once(raw, out, args.workers, extra))
                 if not args.no_baseline:
-                    base.append(run_once(raw, out, args.workers, baseline))
+                    base.append(run_once(raw, out, args.workers, baseline, script=base_script))
             wall = statistics.median(r["wall"] for r in runs)
             base_wall = statistics.median(r["wall"] for r in base) if base else None
             meta = runs[0]["meta"]
@@ -330,8 +336,9 @@ def main(argv=None) -> int:
                 flush=True,
             )
             if base:
+                who = " ".join(baseline) + (f" by {base_script}" if base_script else "")
                 print(
-                    f"x{scale:g}: baseline ({' '.join(baseline)}) {base_wall:.2f}s "
+                    f"x{scale:g}: baseline ({who}) {base_wall:.2f}s "
                     f"(runs {res['base_walls']}): {in_bytes / 1e6 / base_wall:.1f} MB/s raw in, "
                     f"{res['base_out_mb']:.0f} MB out, peak RSS {res['base_rss_mb']:.0f} MB; "
                     f"speed-up {base_wall / wall:.2f}x",

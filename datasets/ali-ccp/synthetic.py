@@ -7,7 +7,7 @@ probabilities of every impression, so that a model's AUC can be compared with th
     python datasets/ali-ccp/synthetic.py --n 1000000 --out data/synthetic --seed 0
     python datasets/ali-ccp/synthetic.py --preset sample --n 4000 --out /tmp/s --seed 2018
 
-From Python (the folder name has a dash and the script imports its neighbour ``convert_raw``,
+From Python (the folder name has a dash and the script imports its neighbour ``vocabulary``,
 so put the folder on the path)::
 
     sys.path.insert(0, "datasets/ali-ccp")
@@ -110,7 +110,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from convert_raw import FIELDS  # the field order, defined once with the converter
+from vocabulary import FEASIGN_ORDER as FIELDS  # feasign ranges in the converter's order
+
+from paddle_rec_zoo.metrics import auc
 
 PROFILE_FIELDS = ("121", "122", "124", "125", "126", "127", "128", "129")
 # Value counts of the real Ali-CCP profile fields.
@@ -593,23 +595,6 @@ def _timeline(world: World, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     session_user = rng.choice(world.p["n_users"], size=n_sessions, p=world.user_freq)
     session = np.repeat(np.arange(n_sessions), lengths)[:n_rows]
     return session, session_user[session]
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC with ties counted as one half (the Mann-Whitney statistic)."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    mid_rank = ends - (counts - 1) / 2.0  # average 1-based rank of each distinct score
-    rank_sum = mid_rank[inverse][labels].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 # ----------------------------------------------------------------------------- writing
