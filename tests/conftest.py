@@ -18,6 +18,26 @@ ESMM_CONFIG = os.path.join(ESMM_DIR, "config.yaml")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
+ZOO = ("esmm", "escm2", "aitm", "mmoe", "ple")  # the model folders of models/multitask
+
+
+def model_dir(name: str) -> str:
+    return os.path.join(ROOT, "models", "multitask", name)
+
+
+def zoo_module(model: str, name: str):
+    from paddle_rec_zoo.model_loader import load_model_module
+
+    return load_model_module(model_dir(model), name)
+
+
+def zoo_config(model: str, *overrides: str, config: str = "config.yaml"):
+    from paddle_rec_zoo.config import load_config
+
+    hyper = zoo_module(model, "dygraph_model").DygraphModel.hyper_parameters_class
+    return load_config(os.path.join(model_dir(model), config), list(overrides), hyper)
+
+
 def esmm_module(name: str):
     from paddle_rec_zoo.model_loader import load_model_module
 
@@ -58,19 +78,20 @@ def _kill_group(pgid: int):
         os.killpg(pgid, signal.SIGKILL)
 
 
-def fleet_command(log_dir, tool: str, *overrides: str) -> list[str]:
-    """tools/<tool>.py on the default config, 2 data-parallel ranks (`paddle.distributed.launch`),
-    each rank's output in `log_dir/workerlog.<rank>`."""
+def fleet_command(log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG) -> list[str]:
+    """tools/<tool>.py on `config`, 2 data-parallel ranks (`paddle.distributed.launch`), each
+    rank's output in `log_dir/workerlog.<rank>`."""
     return [
         *(sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"),
         *("--log_dir", str(log_dir), os.path.join(ROOT, "tools", f"{tool}.py")),
-        *("-m", ESMM_CONFIG, "-o", "runner.use_fleet=True", *overrides),
+        *("-m", config, "-o", "runner.use_fleet=True", *overrides),
     ]
 
 
-def launch_fleet(log_dir, tool: str, *overrides: str):
+def launch_fleet(log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG):
     """Run `fleet_command`; returns (the launcher's CompletedProcess, [rank 0 log, rank 1 log])."""
-    proc = run_group(fleet_command(log_dir, tool, *overrides), timeout=300, cwd=ROOT)
+    cmd = fleet_command(log_dir, tool, *overrides, config=config)
+    proc = run_group(cmd, timeout=300, cwd=ROOT)
     return proc, [(Path(log_dir) / f"workerlog.{r}").read_text() for r in (0, 1)]
 
 

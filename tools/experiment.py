@@ -30,6 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+
+warnings.filterwarnings("ignore", message="No ccache found")  # printed by Paddle's import
 
 TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS_DIR)
