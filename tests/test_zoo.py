@@ -283,3 +283,22 @@ def test_two_fleet_ranks_train_the_model(model, tmp_path):
     meta = json.loads((save / "0" / "meta.json").read_text())
     assert meta["ranks"] == 2
     assert "on each of 2 ranks" in logs[0]
+
+
+def test_the_adding_a_model_recipe_of_the_architecture_doc_runs():
+    """doc/architecture.md's example network, as written there, builds, predicts and trains."""
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "doc", "architecture.md")) as f:
+        text = f.read()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec("\n".join(line[3:] for line in code.splitlines()), namespace)  # noqa: S102 - our doc
+    hp = namespace["HyperParameters"](sparse_feature_number=100)
+    hp.validate("hyper_parameters")
+    net = namespace["MyLayer"](hp)
+    ids = np.random.default_rng(0).integers(0, 100, (8, hp.layout().width))
+    out = net(paddle.to_tensor(ids))
+    loss, parts = net.loss(out, {"click": col([1] * 8), "buy": col([0] * 8)})
+    assert set(parts) == {"loss_ctr", "loss_ctcvr"} and np.isfinite(float(loss))
+    assert "auc_cvr" in namespace["MyLayer"].spec(hp).metric_names
