@@ -237,9 +237,8 @@ def _end_epoch(config, engine, reader, world, run: _Run, epoch, seconds, epoch_s
 
 def _stop_signal(world: World, step: int | None = None) -> int:
     """The signal that asked this job to stop (0 if none), agreed by all ranks: every rank
-    must stop after the same step, whichever of them was signalled. Ranks vote (an all-reduce,
-    1.4-2.6 ms on 2 CPU ranks here, a few % of a step) every STOP_VOTE_STEPS steps, and at
-    every call without `step`."""
+    must stop after the same step, whichever of them was signalled. Ranks vote (one small
+    all-reduce) every STOP_VOTE_STEPS steps, and at every call without `step`."""
     got = signals.stop.signum
     if not world.active:
         return got or 0

@@ -41,8 +41,8 @@ ROW_OPTIMIZERS = {
 def unique_ids(flat):
     """[N] int64 -> (uniq [U] ascending, inverse [N] with uniq[inverse] == flat).
 
-    One sort: `paddle.unique(return_inverse=True)` takes ~27 s for 70k ids on this CPU (its
-    inverse is a search per id), this ~6 ms. `_C_ops.argsort` returns the sorted values with
+    One sort: `paddle.unique(return_inverse=True)` searches for every id to make its inverse,
+    which grows with ids x unique ids (seconds for one batch of tens of thousands of ids). `_C_ops.argsort` returns the sorted values with
     the order (`paddle.argsort` drops them, which would cost a gather); not
     `unique_consecutive`, whose inverse PIR declares float32 while it holds int64.
     """
