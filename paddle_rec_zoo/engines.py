@@ -111,16 +111,16 @@ class DygraphEngine:
         """`label_names`: the reader's label columns (default: those of the config's reader)."""
         self.config = config
         label_names = label_names or reader_class(config).label_names
-        self.model = adapter_module.DygraphModel(config, label_names)
-        self.spec = self.model.spec
+        self.adapter = adapter_module.DygraphModel(config, label_names)
+        self.spec = self.adapter.spec
         # fresh parameter names (sparse_embedding_0.w_0, ...) whatever ran before in this process:
         # the optimizer's saved state is keyed by them
         self.optimizer = self.row_optimizer = None
         with paddle.utils.unique_name.guard():
-            self.net = self.model.create_model()
+            self.net = self.adapter.create_model()
             if training:
-                self.optimizer = self.model.create_optimizer(self.net)
-                self.row_optimizer = self.model.create_embedding_optimizer()
+                self.optimizer = self.adapter.create_optimizer(self.net)
+                self.row_optimizer = self.adapter.create_embedding_optimizer()
         # structured name -> table, slots made now so that resuming can fill them
         self.row_tables = row_tables(self.net) if self.row_optimizer is not None else {}
         for table in self.row_tables.values():
@@ -132,7 +132,7 @@ class DygraphEngine:
 
     def train_step(self, batch):
         self.net.train()
-        loss, outputs = self.model.train_forward(self.train_net, batch)
+        loss, outputs = self.adapter.train_forward(self.train_net, batch)
         loss.backward()
         self.optimizer.step()
         if self.row_optimizer is not None:
@@ -143,7 +143,7 @@ class DygraphEngine:
     def predict(self, batch) -> dict:
         self.net.eval()
         with paddle.no_grad():
-            outputs = self.model.infer_forward(self.net, batch)
+            outputs = self.adapter.infer_forward(self.net, batch)
         return {k: outputs[k].numpy().ravel() for k in self.output_names}
 
     def _params(self) -> dict:
@@ -278,34 +278,34 @@ class StaticEngine:
         self.exe = paddle.static.Executor(self.place)
         self.scope = paddle.static.global_scope()
         label_names = label_names or reader_class(config).label_names
-        model_cls = adapter_module.StaticModel
+        adapter_cls = adapter_module.StaticModel
         startup = paddle.static.Program()
         self.row_optimizer = None
         if training:
             self.train_program = paddle.static.Program()
-            model = model_cls(config, label_names)
+            train = adapter_cls(config, label_names)
             with paddle.utils.unique_name.guard():
                 with paddle.static.program_guard(self.train_program, startup):
-                    self.train_fetch = model.net(model.create_feeds())
-                    self.row_optimizer = model.create_embedding_optimizer()
+                    self.train_fetch = train.net(train.create_feeds())
+                    self.row_optimizer = train.create_embedding_optimizer()
                     self._row_lr = _append_update(
                         self.train_fetch["loss"],
-                        model.layer,
-                        model.create_optimizer(),
+                        train.layer,
+                        train.create_optimizer(),
                         self.row_optimizer,
                         world,
                     )
         self.infer_program = paddle.static.Program()
-        model = model_cls(config, label_names)
-        self.model, self.spec, self.output_names = model, model.spec, model.spec.outputs
+        self.adapter = adapter = adapter_cls(config, label_names)
+        self.spec, self.output_names = adapter.spec, adapter.spec.outputs
         infer_startup = paddle.static.Program() if training else startup
         with paddle.utils.unique_name.guard():
             with paddle.static.program_guard(self.infer_program, infer_startup):
-                self.infer_feeds = model.create_feeds(is_infer=True)
-                self.infer_fetch = model.infer_net(self.infer_feeds)
+                self.infer_feeds = adapter.create_feeds(is_infer=True)
+                self.infer_fetch = adapter.infer_net(self.infer_feeds)
                 self._name_outputs()
         # structured name (layer.state_dict key) -> scope variable name
-        self.param_names = {k: v.name for k, v in model.layer.state_dict().items()}
+        self.param_names = {k: v.name for k, v in adapter.layer.state_dict().items()}
         self.exe.run(startup)
         if world.active:  # start every rank from rank 0's weights
             self.set_params(world.all_gather_object(self.get_params())[0], "rank 0")
@@ -320,7 +320,7 @@ class StaticEngine:
 
     def train_step(self, batch):
         names = ["loss", *self.output_names]
-        feed = self.model.feed(batch)
+        feed = self.adapter.feed(batch)
         if self.row_optimizer is not None:
             feed[self._row_lr.name] = np.array([self.row_optimizer.next_lr()], "float32")
         values = self.exe.run(
@@ -335,7 +335,7 @@ class StaticEngine:
     def predict(self, batch) -> dict:
         values = self.exe.run(
             self.infer_program,
-            feed=self.model.feed(batch, is_infer=True),
+            feed=self.adapter.feed(batch, is_infer=True),
             fetch_list=[self.infer_fetch[n] for n in self.output_names],
         )
         return {k: np.asarray(v).ravel() for k, v in zip(self.output_names, values, strict=True)}
