@@ -125,7 +125,7 @@ def markdown_table(
     label or true probability; 1 is calibrated) as a ratio."""
     metrics = [m for m in metrics if any(m.name in s for s in summary.values())]
     lines = [
-        f"| {key} | seeds | " + " | ".join(m.title or m.name for m in metrics) + " |",
+        f"| {key} | runs | " + " | ".join(m.title or m.name for m in metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
     ]
     for name, stats in summary.items():

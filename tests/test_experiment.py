@@ -85,7 +85,7 @@ def test_experiment_runs_two_variants_two_seeds(tmp_path):
     md = (out / "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| variant"))
     assert header == (
-        "| variant | seeds | CTR AUC | CVR AUC (clicked) | CTCVR AUC | CVR AUC (entire space) "
+        "| variant | runs | CTR AUC | CVR AUC (clicked) | CTCVR AUC | CVR AUC (entire space) "
         "| pCVR calibration (entire space) | pCVR calibration (unclicked) |"
     )
     rows = [line for line in md.splitlines() if line.startswith(("| esmm", "| base", "| oracle"))]
@@ -120,3 +120,33 @@ def test_easyrec_config_trains_one_epoch(tmp_path):
     meta = json.loads((tmp_path / "out" / "0" / "meta.json").read_text())
     assert meta["config"]["hyper_parameters"]["feature_groups"][0]["name"] == "user"
     assert 0 <= meta["test"]["auc_ctr"] <= 1
+
+
+@pytest.mark.slow
+def test_experiment_compares_models_over_two_data_sets(tmp_path):
+    import synthetic
+
+    data = []
+    for seed in (1, 2):
+        folder = tmp_path / f"data{seed}"
+        synthetic.generate(str(folder), n_train=3000, seed=seed)
+        data.append(str(folder))
+    out = tmp_path / "exp"
+    proc = run_tool(
+        "experiment",
+        *("--models", "esmm", "escm2", "--seeds", "1", "--engine", "dygraph"),
+        *("--data", *data, "--out", str(out)),
+        *("-o", f"runner.cache_dir={tmp_path / 'cache'}"),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (out / "results.md").read_text()
+    assert "on 2 data sets" in md
+    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert set(rows) == {"| model", "| esmm", "| escm2", "| oracle (true probabilities)"}
+    assert rows["| esmm"].split(" | ")[1] == "2"  # two runs: one per data set
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r.get("data")) for r in results] == [
+        ("esmm", 1), ("esmm", 2), ("escm2", 1), ("escm2", 2), ("oracle", None), ("oracle", None)
+    ]  # fmt: skip
+    assert os.path.exists(out / "runs" / "escm2-d2-s1" / "predictions.csv")

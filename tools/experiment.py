@@ -1,6 +1,6 @@
 """Compare models, or one model's variants, over seeds: train, evaluate, tabulate.
 
-    # models of the zoo on generated data with ground truth (or --data DIR)
+    # models of the zoo on generated data with ground truth (or --data DIR [DIR ...])
     python tools/experiment.py --models esmm escm2 aitm mmoe ple --seeds 3 [--rows 1000000]
     # one model's variants (hyper_parameters.variant), on its config's data
     python tools/experiment.py -m models/multitask/esmm/config_bigdata.yaml \
@@ -8,12 +8,13 @@
 
 Each (model or variant, seed) is trained by the engine's trainer tool and its last epoch (or
 `best/` with `--checkpoint best`) evaluated by the infer tool, both as subprocesses (Paddle's
-static mode is process-global), with `runner.seed` set. A model is the folder `models/*/<name>/`
-and its `config_bigdata.yaml` (`--config-name`). The predictions are scored with each model's
+static mode is process-global), with `runner.seed` set; with several `--data` folders, on each
+of them (a row's mean and spread are then over every data set and seed). A model is the folder
+`models/*/<name>/` and its `config_bigdata.yaml` (`--config-name`). The predictions are scored with each model's
 declared metrics (`paddle_rec_zoo/experiment_table.py`); the outputs in `--out`:
 
     results.jsonl   one line per run          results.md   the table (AUC %, mean ± std)
-    results.png     bars with ±std            runs/<name>-s<seed>/   checkpoints, logs, predictions
+    results.png     bars with ±std            runs/<name>[-d<k>]-s<seed>/   checkpoints, logs, ...
 
 A truth file (`truth_test.csv` beside the test data folder, or `--truth`) adds the model's
 truth metrics (e.g. entire-space CVR AUC and calibration) and an oracle row. Runs whose
@@ -48,9 +49,9 @@ def parse_args(argv=None):
                    help="with -m: values of hyper_parameters.variant (default: all)")  # fmt: skip
     p.add_argument("--config-name", default="config_bigdata.yaml",
                    help="with --models: the config file of each model folder")  # fmt: skip
-    p.add_argument("--data", default="",
-                   help="with --models: a folder holding train_data/ and test_data/ (and "
-                   "truth_test.csv); default: generate synthetic data there")  # fmt: skip
+    p.add_argument("--data", nargs="+", default=[],
+                   help="with --models: folders holding train_data/, test_data/, meta.json (and "
+                   "truth_test.csv); default: generate synthetic data in --out")  # fmt: skip
     p.add_argument("--rows", type=int, default=1_000_000,
                    help="training impressions of the generated data (test: a quarter)")  # fmt: skip
     p.add_argument("--data-seed", type=int, default=1, help="seed of the generated data")
@@ -109,15 +110,14 @@ def model_config(name: str, config_name: str) -> str:
     return found[0]
 
 
-def generated_data(args, out: str) -> tuple[str, list[str]]:
-    """The data folder of `--models` runs (generated once, then reused) and its overrides."""
+def data_folder(args, folder: str) -> tuple[str, list[str]]:
+    """A data folder of `--models` runs (generated if missing): its test folder and overrides."""
     from paddle_rec_zoo.errors import UserError
     from paddle_rec_zoo.progress import log
 
-    folder = os.path.abspath(args.data) if args.data else os.path.join(out, "data")
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.exists(meta_path):
-        if args.data and os.path.exists(os.path.join(folder, "train_data")):
+        if os.path.exists(os.path.join(folder, "train_data")):
             raise UserError(f"--data: {folder} has no meta.json (sparse_feature_number)")
         log(f"generating {args.rows:,} synthetic impressions (seed {args.data_seed}) in {folder}")
         cmd = [sys.executable, SYNTHETIC, "--n", str(args.rows), "--out", folder]
@@ -129,20 +129,25 @@ def generated_data(args, out: str) -> tuple[str, list[str]]:
         f"runner.test_data_dir={os.path.join(folder, 'test_data')}",
         f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
     ]
-    return folder, overrides
+    return os.path.join(folder, "test_data"), overrides
 
 
-def plan(args, out: str) -> tuple[str, list[tuple[str, str, list[str]]], str]:
-    """(row title, [(row name, config path, overrides)], test data folder)."""
+def plan(args, out: str):
+    """(row title, [(row name, config path, overrides)], [(run suffix, test folder, overrides)])."""
     from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.errors import UserError
 
     if args.models:
-        folder, data = generated_data(args, out)
-        rows = [(m, model_config(m, args.config_name), data) for m in args.models]
-        for _, path, overrides in rows:  # every override and config valid before training
-            load_config(path, [*overrides, *args.opt], network(path).hyper_parameters_class)
-        return "model", rows, os.path.join(folder, "test_data")
+        folders = [os.path.abspath(d) for d in args.data] or [os.path.join(out, "data")]
+        data = [data_folder(args, f) for f in folders]
+        suffixes = [f"-d{k + 1}" for k in range(len(data))] if len(data) > 1 else [""]
+        rows = [(m, model_config(m, args.config_name), []) for m in args.models]
+        for _, path, _ in rows:  # every override and config valid before training
+            for _, opts in data:
+                load_config(path, [*opts, *args.opt], network(path).hyper_parameters_class)
+        return "model", rows, [(s, t, o) for s, (t, o) in zip(suffixes, data, strict=True)]
+    if args.data:
+        raise UserError("--data goes with --models; with -m the config names its data")
     hyper = network(args.config).hyper_parameters_class
     config = load_config(args.config, args.opt, hyper)
     choices = getattr(hyper, "VARIANTS", None)
@@ -153,7 +158,38 @@ def plan(args, out: str) -> tuple[str, list[tuple[str, str, list[str]]], str]:
         if v not in choices:
             raise UserError(f"--variants: {v!r} is not one of {', '.join(choices)}")
     rows = [(v, args.config, [f"hyper_parameters.variant={v}"]) for v in variants]
-    return "variant", rows, config.runner.test_data_dir
+    return "variant", rows, [("", config.runner.test_data_dir, [])]
+
+
+def train_and_predict(args, config_path, config, opts, seed, run_dir, name) -> dict:
+    """Train one run and predict the test split (or reuse its predictions); their columns."""
+    from paddle_rec_zoo import experiment_table as table
+    from paddle_rec_zoo.progress import log
+
+    trainer, infer = (
+        ("static_trainer", "static_infer") if args.engine == "static" else ("trainer", "infer")
+    )
+    preds_path = os.path.join(run_dir, "predictions.csv")
+    common = [*opts, f"runner.seed={seed}", f"runner.model_save_path={run_dir}",
+              "runner.overwrite=True"]  # fmt: skip
+    epochs = config.runner.epochs
+    if args.rerun or not os.path.exists(preds_path):
+        os.makedirs(run_dir, exist_ok=True)
+        log(f"{name} seed {seed}: training ({args.engine}, {epochs} epoch(s)) in {run_dir}")
+        run_tool(trainer, config_path, common, os.path.join(run_dir, "train.log"))
+        load = (
+            [f"runner.infer_load_path={os.path.join(run_dir, 'best')}"]
+            if args.checkpoint == "best"
+            else [f"runner.infer_start_epoch={epochs - 1}", f"runner.infer_end_epoch={epochs}"]
+        )
+        run_tool(
+            infer,
+            config_path,
+            [*common, *load, f"runner.save_predictions={preds_path}"],
+            os.path.join(run_dir, "infer.log"),
+        )
+    spec = network(config_path).spec(config.hyper_parameters)
+    return table.read_csv_columns(preds_path, ("sample_id", *spec.labels, *spec.outputs))
 
 
 def network(config_path: str):
@@ -173,77 +209,62 @@ def run(args) -> int:
         raise UserError("--seeds must be at least 1")
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
-    key, rows, test_dir = plan(args, out)
-    truth_path = args.truth or os.path.join(
-        os.path.dirname(os.path.normpath(test_dir)), "truth_test.csv"
-    )
-    truth = table.Truth(truth_path) if (args.truth or os.path.exists(truth_path)) else None
-    log(f"truth: {truth_path}" if truth else "no truth file: no truth metrics, no oracle")
-    trainer, infer = (
-        ("static_trainer", "static_infer") if args.engine == "static" else ("trainer", "infer")
-    )
-    results, oracle_row, metrics = [], None, []
+    key, rows, datasets = plan(args, out)
+    truths = []
+    for _, test_dir, _ in datasets:
+        path = args.truth or os.path.join(
+            os.path.dirname(os.path.normpath(test_dir)), "truth_test.csv"
+        )
+        truths.append(table.Truth(path) if (args.truth or os.path.exists(path)) else None)
+        log(f"truth: {path}" if truths[-1] else "no truth file: no truth metrics, no oracle")
+    results, oracles, metrics = [], [], []
     for name, config_path, row_opts in rows:
         net = network(config_path)
-        config = load_config(config_path, [*row_opts, *args.opt], net.hyper_parameters_class)
-        if args.checkpoint == "best" and not config.runner.keep_best:
-            raise UserError(
-                "--checkpoint best needs runner.keep_best (e.g. -o runner.keep_best=auc_ctcvr)"
-            )
-        spec = net.spec(config.hyper_parameters)
-        for m in table.table_metrics(spec, truth):
-            if m.name not in {x.name for x in metrics}:
-                metrics.append(m)
-        epochs = config.runner.epochs
-        for seed in range(1, args.seeds + 1):
-            run_dir = os.path.join(out, "runs", f"{name}-s{seed}")
-            preds_path = os.path.join(run_dir, "predictions.csv")
-            common = [
-                *row_opts,
-                *args.opt,
-                f"runner.seed={seed}",
-                f"runner.model_save_path={run_dir}",
-                "runner.overwrite=True",
-            ]
-            start = time.time()
-            if args.rerun or not os.path.exists(preds_path):
-                os.makedirs(run_dir, exist_ok=True)
-                log(f"{name} seed {seed}: training ({args.engine}, {epochs} epoch(s))")
-                run_tool(trainer, config_path, common, os.path.join(run_dir, "train.log"))
-                load = (
-                    [f"runner.infer_load_path={os.path.join(run_dir, 'best')}"]
-                    if args.checkpoint == "best"
-                    else [
-                        f"runner.infer_start_epoch={epochs - 1}",
-                        f"runner.infer_end_epoch={epochs}",
-                    ]
+        for (suffix, _, data_opts), truth in zip(datasets, truths, strict=True):
+            opts = [*row_opts, *data_opts, *args.opt]
+            config = load_config(config_path, opts, net.hyper_parameters_class)
+            if args.checkpoint == "best" and not config.runner.keep_best:
+                raise UserError(
+                    "--checkpoint best needs runner.keep_best (e.g. -o runner.keep_best=auc_ctcvr)"
                 )
-                run_tool(
-                    infer,
-                    config_path,
-                    [*common, *load, f"runner.save_predictions={preds_path}"],
-                    os.path.join(run_dir, "infer.log"),
+            spec = net.spec(config.hyper_parameters)
+            for m in table.table_metrics(spec, truth):
+                if m.name not in {x.name for x in metrics}:
+                    metrics.append(m)
+            for seed in range(1, args.seeds + 1):
+                run_dir = os.path.join(out, "runs", f"{name}{suffix}-s{seed}")
+                start = time.time()
+                cols = train_and_predict(args, config_path, config, opts, seed, run_dir, name)
+                result = {key: name, "seed": seed, **table.score(spec, cols, truth)}
+                if suffix:
+                    result["data"] = int(suffix[2:])
+                result["seconds"] = round(time.time() - start, 1)
+                results.append(result)
+                if truth is not None and len(oracles) < len(datasets):
+                    oracles.append({key: "oracle", **table.oracle(spec, net, cols, truth)})
+                log(
+                    f"{name}{suffix} seed {seed}: "
+                    + " ".join(
+                        f"{m.name} {result[m.name]:.4f}" for m in metrics if m.name in result
+                    )
                 )
-            cols = table.read_csv_columns(preds_path, ("sample_id", *spec.labels, *spec.outputs))
-            result = {key: name, "seed": seed, **table.score(spec, cols, truth)}
-            result["seconds"] = round(time.time() - start, 1)
-            results.append(result)
-            if truth is not None and oracle_row is None:
-                oracle_row = table.oracle(spec, net, cols, truth)
-            log(
-                f"{name} seed {seed}: "
-                + " ".join(f"{m.name} {result[m.name]:.4f}" for m in metrics if m.name in result)
-            )
+    oracle_row = None
+    if oracles:
+        summary = table.summarize(oracles, metrics, key)["oracle"]
+        oracle_row = {k: v[0] for k, v in summary.items()}
     with open(os.path.join(out, "results.jsonl"), "w") as f:
         for r in results:
             f.write(json.dumps(r) + "\n")
-        if oracle_row:
-            f.write(json.dumps({key: "oracle", **oracle_row}) + "\n")
+        for oracle in oracles:
+            f.write(json.dumps(oracle) + "\n")
     summary = table.summarize(results, metrics, key)
     md = table.markdown_table(summary, metrics, oracle_row, args.seeds, key)
     what = " ".join(args.models) if args.models else args.config
+    if len(datasets) > 1:
+        what += f", on {len(datasets)} data sets ({' '.join(args.data)})"
     header = (
-        f"Test metrics, mean ± std over {args.seeds} seed(s) (AUC in %); {what}"
+        f"Test metrics, mean ± std over {args.seeds} seed(s) x {len(datasets)} data set(s) "
+        f"(AUC in %); {what}"
         + (f" -o {' '.join(args.opt)}" if args.opt else "")
         + f"; engine {args.engine}, {args.checkpoint} checkpoint.\n\n"
     )
