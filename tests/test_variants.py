@@ -4,6 +4,8 @@ Every key of `hyper_parameters` must change behaviour; these tests prove the imp
 and that both engines build the same network for every variant.
 """
 
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -378,3 +380,21 @@ def test_easyrec_config_loads_as_documented():
     assert hp.embedding_regularization == pytest.approx(5e-5)
     params = {k: tuple(v.shape) for k, v in esmm_module("net").ESMMLayer(hp).state_dict().items()}
     assert params["ctr_tower.0.weight"] == (64 + 64 + 32, 128)
+
+
+def test_training_with_fewer_tower_metrics_evaluates_and_plots_what_is_declared(tmp_path, capsys):
+    """Once a KeyError from plot.py: the tools know only the metrics the model declares."""
+    from paddle_rec_zoo.cli import main
+
+    code = main(
+        "trainer",
+        ["-m", os.path.join(ESMM_DIR, "config.yaml"), "-o", "runner.evaluate_each_epoch=True",
+         "hyper_parameters.cvr_tower.metrics=[logloss]", "runner.epochs=1",
+         f"runner.model_save_path={tmp_path}", f"runner.cache_dir={tmp_path / 'cache'}"],
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = captured.out + captured.err
+    test_line = next(line for line in out.splitlines() if "epoch 0 test:" in line)
+    assert "auc_ctr" in test_line and "logloss_ctcvr" in test_line and "auc_cvr" not in test_line
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
