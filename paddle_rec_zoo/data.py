@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from paddle_rec_zoo import binary_data, slot_parser
+from paddle_rec_zoo import binary_data
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.slot_parser import Columns
 
@@ -321,32 +321,30 @@ def usable_cores() -> int:
 
 
 def _parse_cuts(path: str, reader, workers: int | None) -> list[int]:
-    """Byte offsets cutting `path` into one run of lines per parsing process ([0, size]: one).
+    """Byte offsets cutting `path` into one range per parsing process ([0, size]: one).
 
-    Parallel parsing needs `fork` and a reader that reads through `SlotParser.parse_file` (it
-    honours `slot_parser.byte_range`); a reader that does not is simply run in one process.
+    Parallel parsing needs `fork` and a reader whose class says `supports_ranges = True`: its
+    `read_file(path, start, end)` reads the lines that start in bytes [start, end), so equal
+    byte ranges split the file at line starts. Any other reader is run in one process, with
+    `read_file(path)`.
     """
     size = os.path.getsize(path)
     parts = min(workers or usable_cores(), size // _MIN_PART_BYTES)
     if (
         parts < 2
+        or not getattr(reader, "supports_ranges", False)  # optional in the reader contract
         or "fork" not in multiprocessing.get_all_start_methods()
         or multiprocessing.current_process().daemon  # may not start processes of its own
     ):
         return [0, size]
-    with slot_parser.byte_range(path, 0, 0) as state:  # does this reader honour byte ranges?
-        for _ in reader.read_file(path):
-            break
-    if not state["used"]:
-        return [0, size]
-    return slot_parser.line_starts(path, parts)
+    return [size * k // parts for k in range(parts + 1)]
 
 
 def _parse_range(path: str, reader, folder: str, ids_dtype, start: int, end: int) -> dict:
-    """Parse bytes [start, end) of `path` into `folder`; a result dict instead of exceptions."""
+    """Parse the lines starting in bytes [start, end) of `path` into `folder`; a result dict
+    instead of exceptions."""
     try:
-        with slot_parser.byte_range(path, start, end):
-            n, info = _write_columns(reader.read_file(path), folder, ids_dtype)
+        n, info = _write_columns(reader.read_file(path, start, end), folder, ids_dtype)
         return {"rows": n, "info": info}
     except UserError as e:
         return {"user_error": str(e)}

@@ -111,8 +111,21 @@ def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypat
     monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # this small file: 3 processes
     files = [str(tmp_path / "a.txt")]
     one = Dataset.load(files, reader(), str(tmp_path / "c1"), workers=1)
+    parse_range, log = data._parse_range, tmp_path / "ranges.log"
+
+    def logged(path, reader, folder, ids_dtype, start, end):  # runs in the forked processes too
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {start} {end}\n")
+        return parse_range(path, reader, folder, ids_dtype, start, end)
+
+    monkeypatch.setattr(data, "_parse_range", logged)
     three = Dataset.load(files, reader(), str(tmp_path / "c3"), workers=3)
-    assert len(data._parse_cuts(files[0], reader(), 3)) == 4
+    ranges = [line.split() for line in log.read_text().splitlines()]
+    assert len({pid for pid, _, _ in ranges}) == 3  # three processes, one range each
+    cuts = sorted({int(x) for _, a, z in ranges for x in (a, z)})
+    assert cuts == data._parse_cuts(files[0], reader(), 3)
+    assert len(cuts) == 4 and cuts[0] == 0 and cuts[-1] == os.path.getsize(files[0])
+    monkeypatch.setattr(data, "_parse_range", parse_range)
     for name in ("sample_id", "labels", "ids"):
         np.testing.assert_array_equal(getattr(one.parts[0], name), getattr(three.parts[0], name))
     assert vars(one.stats) == vars(three.stats)
@@ -141,3 +154,33 @@ def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_pat
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
             assert x.dtype == y.dtype
+
+
+class WholeFileReader:
+    """A reader without byte ranges (no `supports_ranges`): `read_file(path)` only."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.layout, self.label_names = inner.layout, inner.label_names
+        self.cache_key, self.max_id = inner.cache_key, inner.max_id
+        self.calls = []
+
+    def read_file(self, path):
+        self.calls.append(path)
+        return self.inner.read_file(path)
+
+
+def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp_path, monkeypatch):
+    import paddle_rec_zoo.data as data
+
+    write_rows(tmp_path / "a.txt", 3000)
+    monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # large enough for 3 processes
+    files = [str(tmp_path / "a.txt")]
+    plain = WholeFileReader(reader())
+    assert data._parse_cuts(files[0], plain, 3) == [0, os.path.getsize(files[0])]
+    assert plain.calls == []  # told by its class, not found out by running it
+    got = Dataset.load(files, plain, str(tmp_path / "c"), workers=3)
+    want = Dataset.load(files, reader(), str(tmp_path / "c3"), workers=3)
+    assert plain.calls == files
+    np.testing.assert_array_equal(got.parts[0].ids, want.parts[0].ids)
+    assert vars(got.stats) == vars(want.stats)
