@@ -63,20 +63,33 @@ def list_data_files(folder: str, key: str) -> list[str]:
 
 
 class ReadStats:
-    """What reading dropped: malformed lines (when skipping them) and rows a reader filtered."""
+    """What reading dropped: malformed lines (when skipping them) and rows a reader filtered.
 
-    def __init__(self):
-        self.rows = 0
+    The one place where the counts of several files, or of the byte ranges of one file, are
+    added up. A reader reports them as an `info` dict (`info()`'s keys), which is also what a
+    cache entry's meta.json keeps.
+    """
+
+    def __init__(self, rows: int = 0):
+        self.rows = rows
         self.bad_lines = 0
         self.bad_examples: list[str] = []
         self.filtered: dict[str, int] = {}
 
-    def add(self, other: dict):
-        self.rows += other["rows"]
-        self.bad_lines += other["bad_lines"]
-        self.bad_examples += other["bad_examples"][: max(0, 5 - len(self.bad_examples))]
-        for k, v in other["filtered"].items():
+    def add(self, info: dict):
+        self.rows += info["rows"]
+        self.bad_lines += info["bad_lines"]
+        self.bad_examples += info["bad_examples"][: max(0, 5 - len(self.bad_examples))]
+        for k, v in info["filtered"].items():
             self.filtered[k] = self.filtered.get(k, 0) + v
+
+    def info(self) -> dict:
+        return {
+            "rows": self.rows,
+            "bad_lines": self.bad_lines,
+            "bad_examples": list(self.bad_examples),
+            "filtered": dict(self.filtered),
+        }
 
     def summary(self) -> list[str]:
         lines = [f"dropped {v} {k}" for k, v in self.filtered.items() if v]
@@ -199,10 +212,6 @@ def _rows(column: np.ndarray, index) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reading
-def _empty_info() -> dict:
-    return {"rows": 0, "bad_lines": 0, "bad_examples": [], "filtered": {}}
-
-
 def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinaryPart, dict]:
     """A binary data set; `cache_dir` keeps its users' common ids laid out for the reader."""
     open_binary = getattr(reader, "open_binary", None)
@@ -211,13 +220,11 @@ def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.
             f"{path} is a binary data set, which the reader {type(reader).__module__} cannot read"
         )
     part = open_binary(path).prepare(cache_dir)
-    info = _empty_info()
-    info["rows"] = len(part)
-    return part, info
+    return part, ReadStats(rows=len(part)).info()
 
 
 def _read_into_memory(path: str, reader) -> tuple[Columns, dict]:
-    chunks, info = [], _empty_info()
+    chunks, info = [], ReadStats().info()
     for chunk, chunk_info in reader.read_file(path):
         chunks.append(chunk)
         info = chunk_info
@@ -299,7 +306,7 @@ _MIN_PART_BYTES = 32 << 20  # smaller files are parsed by one process (forking c
 
 def _write_columns(chunks, folder: str, ids_dtype) -> tuple[int, dict]:
     """Append the `(Columns, info)` chunks to `folder/<column>.bin`; returns (rows, last info)."""
-    n, info = 0, _empty_info()
+    n, info = 0, ReadStats().info()
     with contextlib.ExitStack() as stack:
         files = {
             k: stack.enter_context(open(os.path.join(folder, f"{k}.bin"), "ab")) for k in _COLUMNS
@@ -391,15 +398,10 @@ def _write_columns_parallel(path, reader, tmp, ids_dtype, cuts) -> tuple[int, di
                 with open(os.path.join(folder, f"{name}.bin"), "rb") as part:
                     shutil.copyfileobj(part, out, 16 << 20)
         shutil.rmtree(folder)
-    info = _empty_info()
+    stats = ReadStats()
     for result in results:
-        part = result["info"]
-        info["rows"] += part["rows"]
-        info["bad_lines"] += part["bad_lines"]
-        info["bad_examples"] += part["bad_examples"][: max(0, 5 - len(info["bad_examples"]))]
-        for k, v in part["filtered"].items():
-            info["filtered"][k] = info["filtered"].get(k, 0) + v
-    return sum(r["rows"] for r in results), info
+        stats.add(result["info"])
+    return sum(r["rows"] for r in results), stats.info()
 
 
 def default_cache_dir() -> str:

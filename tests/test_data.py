@@ -184,3 +184,21 @@ def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp
     assert plain.calls == files
     np.testing.assert_array_equal(got.parts[0].ids, want.parts[0].ids)
     assert vars(got.stats) == vars(want.stats)
+
+
+def test_read_stats_add_up_ranges_and_files_keeping_the_first_five_examples():
+    from paddle_rec_zoo.data import ReadStats
+
+    def info(rows, bad, filtered):
+        return {"rows": rows, "bad_lines": len(bad), "bad_examples": bad, "filtered": filtered}
+
+    stats = ReadStats()
+    stats.add(info(10, ["a:1", "a:2", "a:3"], {"noise": 2}))
+    stats.add(info(5, ["b:1", "b:2", "b:3"], {"noise": 1, "other": 4}))
+    assert stats.info() == {
+        "rows": 15,
+        "bad_lines": 6,  # every bad line counted, 5 examples kept
+        "bad_examples": ["a:1", "a:2", "a:3", "b:1", "b:2"],
+        "filtered": {"noise": 3, "other": 4},
+    }
+    assert ReadStats(rows=7).info() == info(7, [], {})
