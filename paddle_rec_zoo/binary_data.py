@@ -39,6 +39,7 @@ import tempfile
 import numpy as np
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.slot_parser import fold_ids
 
 FORMAT = "ali-ccp-binary/1"
 MARKER = "dataset.json"
@@ -57,7 +58,8 @@ class BinaryPart:
         path: the split's folder.
         layout: `FieldLayout` (fields kept and their `max_len`).
         label_names: must be ("click", "buy"), the columns of `labels.bin`.
-        id_limit: feasigns must be below this (None: no check); `hash_ids` folds larger ones.
+        id_limit: feasigns must be below this (None: no check); `hash_ids` folds larger ones
+            (`slot_parser.fold_ids`, as for slot text).
     """
 
     def __init__(self, path, layout, label_names, id_limit=None, hash_ids=False):
@@ -249,8 +251,7 @@ class BinaryPart:
         if self._batches % RELEASE_EVERY == 0:
             self.release()
         if self.hash_ids:
-            big = ids >= self.id_limit
-            ids = np.where(big, 1 + (ids - 1) % (self.id_limit - 1), ids)
+            ids = fold_ids(ids, self.id_limit)
         return ids, c["labels"][index], c["sample_id"][index]
 
     def release(self):

@@ -126,6 +126,13 @@ def _line_start_from(f, pos: int) -> int:
     return f.tell()
 
 
+def fold_ids(ids: np.ndarray, id_limit: int) -> np.ndarray:
+    """`hash_ids`: ids at or above `id_limit` folded into [1, id_limit) by
+    `1 + (id - 1) mod (id_limit - 1)`; smaller ids (0, the padding, among them) unchanged.
+    Never 0: id - 1 >= 1 for a folded id, so the result is 1 or more."""
+    return np.where(ids >= id_limit, 1 + (ids - 1) % (id_limit - 1), ids)
+
+
 def _pack_name(name: str) -> int:
     raw = name.encode()
     return int.from_bytes(raw + b"\0" * (_MAX_FIELD_BYTES - len(raw)), "little")
@@ -139,8 +146,8 @@ class SlotParser:
         label_names: names of the label columns after sample_id (their values must be 0 or 1).
         id_limit: feasigns must be below this (the embedding table size); None = no check.
         id_limit_key: the config key to name when an id is too large.
-        hash_ids: fold ids >= id_limit into [1, id_limit) (1 + (id - 1) mod (id_limit - 1))
-            instead of rejecting them; ids already below the limit are unchanged.
+        hash_ids: fold ids >= id_limit into [1, id_limit) (`fold_ids`) instead of rejecting
+            them; ids already below the limit are unchanged.
         skip_bad: count and skip malformed lines instead of stopping at the first one.
     """
 
@@ -272,7 +279,7 @@ class SlotParser:
         field = self._key_order[pos_c[known]]
         value, ok = _parse_uints(buf, words, colon + 1, fend)
         if self.hash_ids:
-            value = np.where(value >= self.id_limit, 1 + (value - 1) % (self.id_limit - 1), value)
+            value = fold_ids(value, self.id_limit)
         elif self.id_limit is not None:
             ok &= value < self.id_limit
         bad_line[line_of[feat[~ok]]] = True

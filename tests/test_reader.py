@@ -196,3 +196,28 @@ def test_reader_passes_its_byte_range_on():
     both = Columns.concat(head + tail, 2, reader.layout.width)
     assert 0 < len(head[0]) < len(whole) == len(both) == info["rows"]
     np.testing.assert_array_equal(both.ids, whole.ids)
+
+
+def test_hash_ids_folds_large_ids_by_the_documented_rule_never_to_padding():
+    """doc/data.md: an id >= n becomes 1 + (id - 1) mod (n - 1); smaller ids stay, 0 is padding."""
+    p = parser(fields=("205", "101"), max_len=4, id_limit=10, hash_ids=True)
+    cols = p.parse_bytes(
+        b"1,1,0,205:10,205:18,205:20,205:9,101:30,101:1000,101:25,101:12\n"
+        b"2,0,0,205:19,205:100,205:11,101:17,101:5\n"
+        b"3,0,0,205:999999999999999999,205:100000000000000000,101:0\n"
+    )
+    # 10, 20, 30, 100, 1000 and 10**17 are multiples of the table size (id mod 10 = 0), 18 and
+    # 10**18 - 1 multiples of n - 1 (id mod 9 = 0): none folds to 0
+    np.testing.assert_array_equal(
+        cols.ids,
+        [[1, 9, 2, 9, 3, 1, 7, 3], [1, 1, 2, 0, 8, 5, 0, 0], [9, 1, 0, 0, 0, 0, 0, 0]],
+    )
+    ids = np.arange(0, 1000)
+    folded = p.parse_bytes("".join(f"{i},0,0,205:{i}\n" for i in ids).encode()).ids[:, 0]
+    np.testing.assert_array_equal(folded[:10], ids[:10])  # below the table size: unchanged
+    assert folded[10:].min() == 1 and folded[10:].max() == 9  # into [1, 10), never 0
+    # the smallest table, 2 rows: every id but the padding becomes 1
+    two = parser(fields=("205",), max_len=1, id_limit=2, hash_ids=True)
+    assert two.parse_bytes(
+        b"1,0,0,205:0\n2,0,0,205:1\n3,0,0,205:2\n4,0,0,205:77\n"
+    ).ids.ravel().tolist() == [0, 1, 1, 1]
