@@ -147,9 +147,31 @@ def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_pat
 
     write_rows(tmp_path / "a.txt", 700)
     ds = Dataset.load([str(tmp_path / "a.txt")], reader(), str(tmp_path / "cache"))
-    mapped = [ds.gather(idx) for idx in ds.batch_indices(64, True, 5, 0)]
-    monkeypatch.setattr(data, "PREAD_BYTES", 0)  # every column counts as large
-    read = [ds.gather(idx) for idx in ds.batch_indices(64, True, 5, 0)]
+    ids = ds.parts[0].ids
+    assert isinstance(ids, np.memmap)
+    assert data.PREAD_BYTES == 1 << 30  # "columns of 1 GB or more" (doc/architecture.md)
+    reads = []
+
+    def pread(fd, n, offset):  # a spy on the pread path
+        reads.append((n, offset))
+        return real_pread(fd, n, offset)
+
+    real_pread = os.pread
+    monkeypatch.setattr(os, "pread", pread)
+
+    def epoch():
+        return list(ds.batches(64, shuffle=True, seed=5))  # gathered in the prefetch thread
+
+    mapped = epoch()  # the default threshold, 1 GB: this column is mapped
+    monkeypatch.setattr(data, "PREAD_BYTES", ids.nbytes + 1)  # one byte short of the threshold
+    mapped += epoch()
+    assert reads == []
+    monkeypatch.setattr(data, "PREAD_BYTES", ids.nbytes)  # "at least this large": read
+    read = epoch() + epoch()
+    row = ids.strides[0]
+    assert len(reads) == 2 * len(ds)  # one pread per row, of that row
+    assert {n for n, _ in reads} == {row}
+    assert sorted(offset // row for _, offset in reads[: len(ds)]) == list(range(len(ds)))
     for a, b in zip(mapped, read, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
