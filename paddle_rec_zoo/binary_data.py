@@ -20,8 +20,8 @@ Both feasign lists keep the raw order, and a feasign's field is looked up in
 Multi-valued fields are ragged (offsets), not capped: the cap is the reader's `max_len`, a
 training setting, and the files must not depend on it.
 
-A batch is gathered without any text: the impressions' own ids (a few dozen per row) are placed
-per batch; the users' common ids (hundreds per row, each user shared by many impressions) are
+A batch is gathered without any text: the impressions' own ids (~12 per row) are placed per
+batch; the users' common ids (~430 per user, each user shared by many impressions) are
 laid out once per user into a [U, width] matrix when the data set is opened, so a batch takes
 its rows from that matrix. Where an impression and its user both carry ids of one field, the
 impression's come first, as on a slot line.
@@ -133,8 +133,8 @@ class BinaryPart:
     def _check_ids(self, id_limit):
         if id_limit is None or self.hash_ids:
             return
-        for name, (first, last) in self._ranges.items():
-            if last >= max(first, id_limit):
+        for name, (_, last) in self._ranges.items():
+            if last >= id_limit:
                 raise UserError(
                     f"{self.path}: field {name}: feasigns up to {last} are not below "
                     f"hyper_parameters.sparse_feature_number={id_limit}; raise it to at least "

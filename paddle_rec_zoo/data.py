@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 import queue
@@ -190,17 +189,12 @@ def _to_batch(part, index) -> Batch:
 
 
 def _rows(column: np.ndarray, index) -> np.ndarray:
-    """`column[index]`. The rows of a large memory-mapped column are read with `pread` instead:
-    the kernel maps whole page-cache folios (up to megabytes) around every row a shuffled batch
+    """`column[index]` of an `ids` column: [rows, width], in memory or a whole cache file mapped
+    by `_read_cached`. The rows of a large mapped column are read with `pread` instead: the
+    kernel maps whole page-cache folios (up to megabytes) around every row a shuffled batch
     touches, so over an epoch the mapped pages, which count as the process's resident memory,
     would grow to the size of the cache file; reading leaves them in the page cache only."""
-    if not (
-        isinstance(column, np.memmap)
-        and isinstance(column.base, mmap.mmap)  # the whole mapping, not a view of it
-        and column.nbytes >= PREAD_BYTES
-        and column.ndim == 2
-        and column.flags.c_contiguous
-    ):
+    if not (isinstance(column, np.memmap) and column.nbytes >= PREAD_BYTES):
         return column[index]
     row = column.strides[0]
     fd = os.open(column.filename, os.O_RDONLY)
