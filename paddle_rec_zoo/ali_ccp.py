@@ -29,6 +29,8 @@ class Reader:
     """Turns one data file into `Columns` chunks; the data layer caches and batches them."""
 
     label_names = LABELS
+    # `read_file` takes a byte range, so the data layer may parse one file in several processes
+    supports_ranges = True
 
     def __init__(self, config):
         hp = config.hyper_parameters
@@ -66,11 +68,12 @@ class Reader:
     def max_id(self) -> int:
         return self.sparse_feature_number - 1
 
-    def read_file(self, path: str):
-        """Yield `(Columns, info)` per chunk; `info` holds the counts so far for this file."""
+    def read_file(self, path: str, start: int = 0, end: int | None = None):
+        """Yield `(Columns, info)` per chunk of the lines that start in bytes [start, end) of
+        `path` (by default all of it); `info` holds the counts so far for this range."""
         bad = BadLines()
         rows = noise = 0
-        for cols in self.parser.parse_file(path, bad=bad):
+        for cols in self.parser.parse_file(path, bad=bad, start=start, end=end):
             is_noise = (cols.labels[:, 0] == 0) & (cols.labels[:, 1] == 1)
             if is_noise.any():
                 noise += int(is_noise.sum())

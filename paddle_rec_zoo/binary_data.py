@@ -20,8 +20,8 @@ Both feasign lists keep the raw order, and a feasign's field is looked up in
 Multi-valued fields are ragged (offsets), not capped: the cap is the reader's `max_len`, a
 training setting, and the files must not depend on it.
 
-A batch is gathered without any text: the impressions' own ids (a few dozen per row) are placed
-per batch; the users' common ids (hundreds per row, each user shared by many impressions) are
+A batch is gathered without any text: the impressions' own ids (~12 per row) are placed per
+batch; the users' common ids (~430 per user, each user shared by many impressions) are
 laid out once per user into a [U, width] matrix when the data set is opened, so a batch takes
 its rows from that matrix. Where an impression and its user both carry ids of one field, the
 impression's come first, as on a slot line.
@@ -39,6 +39,7 @@ import tempfile
 import numpy as np
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.slot_parser import fold_ids
 
 FORMAT = "ali-ccp-binary/1"
 MARKER = "dataset.json"
@@ -57,7 +58,8 @@ class BinaryPart:
         path: the split's folder.
         layout: `FieldLayout` (fields kept and their `max_len`).
         label_names: must be ("click", "buy"), the columns of `labels.bin`.
-        id_limit: feasigns must be below this (None: no check); `hash_ids` folds larger ones.
+        id_limit: feasigns must be below this (None: no check); `hash_ids` folds larger ones
+            (`slot_parser.fold_ids`, as for slot text).
     """
 
     def __init__(self, path, layout, label_names, id_limit=None, hash_ids=False):
@@ -131,8 +133,8 @@ class BinaryPart:
     def _check_ids(self, id_limit):
         if id_limit is None or self.hash_ids:
             return
-        for name, (first, last) in self._ranges.items():
-            if last >= max(first, id_limit):
+        for name, (_, last) in self._ranges.items():
+            if last >= id_limit:
                 raise UserError(
                     f"{self.path}: field {name}: feasigns up to {last} are not below "
                     f"hyper_parameters.sparse_feature_number={id_limit}; raise it to at least "
@@ -249,8 +251,7 @@ class BinaryPart:
         if self._batches % RELEASE_EVERY == 0:
             self.release()
         if self.hash_ids:
-            big = ids >= self.id_limit
-            ids = np.where(big, 1 + (ids - 1) % (self.id_limit - 1), ids)
+            ids = fold_ids(ids, self.id_limit)
         return ids, c["labels"][index], c["sample_id"][index]
 
     def release(self):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import mmap
 import multiprocessing
 import os
 import queue
@@ -28,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from paddle_rec_zoo import binary_data, slot_parser
+from paddle_rec_zoo import binary_data
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.slot_parser import Columns
 
@@ -63,20 +62,33 @@ def list_data_files(folder: str, key: str) -> list[str]:
 
 
 class ReadStats:
-    """What reading dropped: malformed lines (when skipping them) and rows a reader filtered."""
+    """What reading dropped: malformed lines (when skipping them) and rows a reader filtered.
 
-    def __init__(self):
-        self.rows = 0
+    The one place where the counts of several files, or of the byte ranges of one file, are
+    added up. A reader reports them as an `info` dict (`info()`'s keys), which is also what a
+    cache entry's meta.json keeps.
+    """
+
+    def __init__(self, rows: int = 0):
+        self.rows = rows
         self.bad_lines = 0
         self.bad_examples: list[str] = []
         self.filtered: dict[str, int] = {}
 
-    def add(self, other: dict):
-        self.rows += other["rows"]
-        self.bad_lines += other["bad_lines"]
-        self.bad_examples += other["bad_examples"][: max(0, 5 - len(self.bad_examples))]
-        for k, v in other["filtered"].items():
+    def add(self, info: dict):
+        self.rows += info["rows"]
+        self.bad_lines += info["bad_lines"]
+        self.bad_examples += info["bad_examples"][: max(0, 5 - len(self.bad_examples))]
+        for k, v in info["filtered"].items():
             self.filtered[k] = self.filtered.get(k, 0) + v
+
+    def info(self) -> dict:
+        return {
+            "rows": self.rows,
+            "bad_lines": self.bad_lines,
+            "bad_examples": list(self.bad_examples),
+            "filtered": dict(self.filtered),
+        }
 
     def summary(self) -> list[str]:
         lines = [f"dropped {v} {k}" for k, v in self.filtered.items() if v]
@@ -177,17 +189,12 @@ def _to_batch(part, index) -> Batch:
 
 
 def _rows(column: np.ndarray, index) -> np.ndarray:
-    """`column[index]`. The rows of a large memory-mapped column are read with `pread` instead:
-    the kernel maps whole page-cache folios (up to megabytes) around every row a shuffled batch
+    """`column[index]` of an `ids` column: [rows, width], in memory or a whole cache file mapped
+    by `_read_cached`. The rows of a large mapped column are read with `pread` instead: the
+    kernel maps whole page-cache folios (up to megabytes) around every row a shuffled batch
     touches, so over an epoch the mapped pages, which count as the process's resident memory,
     would grow to the size of the cache file; reading leaves them in the page cache only."""
-    if not (
-        isinstance(column, np.memmap)
-        and isinstance(column.base, mmap.mmap)  # the whole mapping, not a view of it
-        and column.nbytes >= PREAD_BYTES
-        and column.ndim == 2
-        and column.flags.c_contiguous
-    ):
+    if not (isinstance(column, np.memmap) and column.nbytes >= PREAD_BYTES):
         return column[index]
     row = column.strides[0]
     fd = os.open(column.filename, os.O_RDONLY)
@@ -199,10 +206,6 @@ def _rows(column: np.ndarray, index) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reading
-def _empty_info() -> dict:
-    return {"rows": 0, "bad_lines": 0, "bad_examples": [], "filtered": {}}
-
-
 def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinaryPart, dict]:
     """A binary data set; `cache_dir` keeps its users' common ids laid out for the reader."""
     open_binary = getattr(reader, "open_binary", None)
@@ -211,13 +214,11 @@ def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.
             f"{path} is a binary data set, which the reader {type(reader).__module__} cannot read"
         )
     part = open_binary(path).prepare(cache_dir)
-    info = _empty_info()
-    info["rows"] = len(part)
-    return part, info
+    return part, ReadStats(rows=len(part)).info()
 
 
 def _read_into_memory(path: str, reader) -> tuple[Columns, dict]:
-    chunks, info = [], _empty_info()
+    chunks, info = [], ReadStats().info()
     for chunk, chunk_info in reader.read_file(path):
         chunks.append(chunk)
         info = chunk_info
@@ -299,7 +300,7 @@ _MIN_PART_BYTES = 32 << 20  # smaller files are parsed by one process (forking c
 
 def _write_columns(chunks, folder: str, ids_dtype) -> tuple[int, dict]:
     """Append the `(Columns, info)` chunks to `folder/<column>.bin`; returns (rows, last info)."""
-    n, info = 0, _empty_info()
+    n, info = 0, ReadStats().info()
     with contextlib.ExitStack() as stack:
         files = {
             k: stack.enter_context(open(os.path.join(folder, f"{k}.bin"), "ab")) for k in _COLUMNS
@@ -321,32 +322,30 @@ def usable_cores() -> int:
 
 
 def _parse_cuts(path: str, reader, workers: int | None) -> list[int]:
-    """Byte offsets cutting `path` into one run of lines per parsing process ([0, size]: one).
+    """Byte offsets cutting `path` into one range per parsing process ([0, size]: one).
 
-    Parallel parsing needs `fork` and a reader that reads through `SlotParser.parse_file` (it
-    honours `slot_parser.byte_range`); a reader that does not is simply run in one process.
+    Parallel parsing needs `fork` and a reader whose class says `supports_ranges = True`: its
+    `read_file(path, start, end)` reads the lines that start in bytes [start, end), so equal
+    byte ranges split the file at line starts. Any other reader is run in one process, with
+    `read_file(path)`.
     """
     size = os.path.getsize(path)
     parts = min(workers or usable_cores(), size // _MIN_PART_BYTES)
     if (
         parts < 2
+        or not getattr(reader, "supports_ranges", False)  # optional in the reader contract
         or "fork" not in multiprocessing.get_all_start_methods()
         or multiprocessing.current_process().daemon  # may not start processes of its own
     ):
         return [0, size]
-    with slot_parser.byte_range(path, 0, 0) as state:  # does this reader honour byte ranges?
-        for _ in reader.read_file(path):
-            break
-    if not state["used"]:
-        return [0, size]
-    return slot_parser.line_starts(path, parts)
+    return [size * k // parts for k in range(parts + 1)]
 
 
 def _parse_range(path: str, reader, folder: str, ids_dtype, start: int, end: int) -> dict:
-    """Parse bytes [start, end) of `path` into `folder`; a result dict instead of exceptions."""
+    """Parse the lines starting in bytes [start, end) of `path` into `folder`; a result dict
+    instead of exceptions."""
     try:
-        with slot_parser.byte_range(path, start, end):
-            n, info = _write_columns(reader.read_file(path), folder, ids_dtype)
+        n, info = _write_columns(reader.read_file(path, start, end), folder, ids_dtype)
         return {"rows": n, "info": info}
     except UserError as e:
         return {"user_error": str(e)}
@@ -393,15 +392,10 @@ def _write_columns_parallel(path, reader, tmp, ids_dtype, cuts) -> tuple[int, di
                 with open(os.path.join(folder, f"{name}.bin"), "rb") as part:
                     shutil.copyfileobj(part, out, 16 << 20)
         shutil.rmtree(folder)
-    info = _empty_info()
+    stats = ReadStats()
     for result in results:
-        part = result["info"]
-        info["rows"] += part["rows"]
-        info["bad_lines"] += part["bad_lines"]
-        info["bad_examples"] += part["bad_examples"][: max(0, 5 - len(info["bad_examples"]))]
-        for k, v in part["filtered"].items():
-            info["filtered"][k] = info["filtered"].get(k, 0) + v
-    return sum(r["rows"] for r in results), info
+        stats.add(result["info"])
+    return sum(r["rows"] for r in results), stats.info()
 
 
 def default_cache_dir() -> str:

@@ -13,7 +13,6 @@ so error messages name the file, the line and the problem.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -104,49 +103,34 @@ class BadLines:
             self.examples.append(message)
 
 
-_range: dict = {}  # the byte range that `parse_file` of one path keeps to (per process)
-
-
-@contextlib.contextmanager
-def byte_range(path: str, start: int, end: int):
-    """Make `SlotParser.parse_file(path)` read only bytes [start, end) of `path` (both on line
-    starts), with the right line numbers in error messages. Yields a dict whose "used" tells
-    whether a parser honoured it (a reader that does not use `parse_file` would not)."""
-    _range.clear()
-    _range.update(path=path, start=start, end=end, used=False)
-    try:
-        yield _range
-    finally:
-        state = dict(_range)
-        _range.clear()
-        _range.update(used=state["used"])
-
-
-def _count_lines(path: str, end: int, block: int = 16 << 20) -> int:
-    """Newlines in the first `end` bytes of `path`."""
+def _count_lines(f, end: int, block: int = 16 << 20) -> int:
+    """Newlines in the first `end` bytes of the open file `f`."""
     n = 0
-    with open(path, "rb") as f:
-        while end > 0:
-            data = f.read(min(block, end))
-            if not data:
-                break
-            n += data.count(b"\n")
-            end -= len(data)
+    f.seek(0)
+    while end > 0:
+        data = f.read(min(block, end))
+        if not data:
+            break
+        n += data.count(b"\n")
+        end -= len(data)
     return n
 
 
-def line_starts(path: str, parts: int) -> list[int]:
-    """`parts + 1` byte offsets that cut `path` into about equal runs of whole lines."""
-    size = os.path.getsize(path)
-    cuts = [0]
-    with open(path, "rb") as f:
-        for k in range(1, parts):
-            pos = max(size * k // parts, cuts[-1])
-            f.seek(pos)
-            f.readline()  # to the start of the next line
-            cuts.append(min(max(f.tell(), cuts[-1]), size))
-    cuts.append(size)
-    return cuts
+def _line_start_from(f, pos: int) -> int:
+    """The offset of the first line of the open file `f` that starts at or after byte `pos`
+    (`pos` at most the file's size)."""
+    if pos <= 0:
+        return 0
+    f.seek(pos - 1)
+    f.readline()  # to the end of the line holding byte pos - 1
+    return f.tell()
+
+
+def fold_ids(ids: np.ndarray, id_limit: int) -> np.ndarray:
+    """`hash_ids`: ids at or above `id_limit` folded into [1, id_limit) by
+    `1 + (id - 1) mod (id_limit - 1)`; smaller ids (0, the padding, among them) unchanged.
+    Never 0: id - 1 >= 1 for a folded id, so the result is 1 or more."""
+    return np.where(ids >= id_limit, 1 + (ids - 1) % (id_limit - 1), ids)
 
 
 def _pack_name(name: str) -> int:
@@ -162,8 +146,8 @@ class SlotParser:
         label_names: names of the label columns after sample_id (their values must be 0 or 1).
         id_limit: feasigns must be below this (the embedding table size); None = no check.
         id_limit_key: the config key to name when an id is too large.
-        hash_ids: fold ids >= id_limit into [1, id_limit) (1 + (id - 1) mod (id_limit - 1))
-            instead of rejecting them; ids already below the limit are unchanged.
+        hash_ids: fold ids >= id_limit into [1, id_limit) (`fold_ids`) instead of rejecting
+            them; ids already below the limit are unchanged.
         skip_bad: count and skip malformed lines instead of stopping at the first one.
     """
 
@@ -191,29 +175,35 @@ class SlotParser:
 
     # ------------------------------------------------------------------ files
     def parse_file(
-        self, path: str, chunk_bytes: int = 4 << 20, bad: BadLines | None = None
+        self,
+        path: str,
+        chunk_bytes: int = 4 << 20,
+        bad: BadLines | None = None,
+        start: int = 0,
+        end: int | None = None,
     ) -> Iterator[Columns]:
-        """Yield `Columns` for consecutive chunks of whole lines of `path`.
+        """Yield `Columns` for consecutive chunks of whole lines of `path`: the lines that start
+        in bytes [start, end) (`end` None: the end of the file).
 
-        Inside `with byte_range(path, start, end):` only the lines in bytes [start, end) are
-        read (the data layer uses it to parse one file in several processes).
+        Cuts need not fall on line starts: a line belongs to the range its first byte is in, so
+        the ranges between any cuts hold every line of the file exactly once (the data layer
+        parses one file in several processes this way). Line numbers in error messages count
+        from the top of the file.
         """
         bad = bad if bad is not None else BadLines()
-        start, end = 0, None
-        if _range.get("path") == path:
-            start, end = _range["start"], _range["end"]
-            _range["used"] = True
-        line_no = _count_lines(path, start)  # lines before the current chunk
-        rest = b""
         with open(path, "rb") as f:
-            f.seek(start)
-            left = end - start if end is not None else None
+            size = os.fstat(f.fileno()).st_size
+            first = _line_start_from(f, min(start, size))
+            left = None if end is None else max(0, _line_start_from(f, min(end, size)) - first)
+            line_no = _count_lines(f, first)  # lines before the current chunk
+            rest = b""
+            f.seek(first)
             while True:
                 block = f.read(chunk_bytes if left is None else min(chunk_bytes, left))
                 if left is not None:
                     left -= len(block)
                 data = rest + block
-                if not block:  # end of file: the last line may lack its newline
+                if not block:  # end of the range: the file's last line may lack its newline
                     if data:
                         yield self.parse_bytes(data, path, line_no, bad)
                     return
@@ -289,7 +279,7 @@ class SlotParser:
         field = self._key_order[pos_c[known]]
         value, ok = parse_uints(buf, words, colon + 1, fend)
         if self.hash_ids:
-            value = np.where(value >= self.id_limit, 1 + (value - 1) % (self.id_limit - 1), value)
+            value = fold_ids(value, self.id_limit)
         elif self.id_limit is not None:
             ok &= value < self.id_limit
         bad_line[line_of[feat[~ok]]] = True

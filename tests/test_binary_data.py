@@ -259,3 +259,70 @@ def test_resuming_on_the_binary_form_finishes_the_same_run(converted, tmp_path):
     run(tmp_path / "resumed", 1)
     assert run(tmp_path / "resumed", 3, "runner.resume=True") == whole
     assert {r["epoch"] for r in whole} == {0, 1, 2}
+
+
+def write_binary(folder: Path, fields, rows, users, n_ids: int):
+    """A binary data set by hand: `rows` = [(sample_id, click, buy, user, item ids)], `users` =
+    [common ids of user u]; `fields` = {field: its feasigns} (feasign_field.bin)."""
+    folder.mkdir()
+    field_of = np.full(n_ids, 255, np.uint8)
+    for i, ids in enumerate(fields.values()):
+        field_of[list(ids)] = i
+    items = [r[4] for r in rows]
+    cols = {
+        "sample_id": np.array([r[0] for r in rows], np.int64),
+        "labels": np.array([r[1:3] for r in rows], np.int8),
+        "user": np.array([r[3] for r in rows], np.int32),
+        "item_offsets": np.cumsum([0] + [len(x) for x in items]).astype(np.int64),
+        "item_ids": np.array(sum(items, []), np.int32),
+        "common_offsets": np.cumsum([0] + [len(x) for x in users]).astype(np.int64),
+        "common_ids": np.array(sum(users, []), np.int32),
+        "feasign_field": field_of,
+    }
+    for name, a in cols.items():
+        (folder / f"{name}.bin").write_bytes(a.tobytes())
+    meta = {
+        "format": "ali-ccp-binary/1",
+        "rows": len(rows),
+        "users": len(users),
+        "fields": list(fields),
+        "columns": {k: [a.dtype.name, list(a.shape)] for k, a in cols.items()},
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_hash_ids_folds_binary_ids_as_slot_text_by_the_documented_rule(tmp_path):
+    """1 + (id - 1) mod (n - 1) for ids >= n (doc/data.md), never 0, from both forms of the data;
+    the ids are chosen so that id mod n or id mod (n - 1) would be 0 for many of them."""
+    item = [[10, 18, 20, 9], [19, 100, 11]]  # field 205, the impressions' own
+    common = [[30, 1000, 25, 12], [17, 5]]  # field 101, the users'
+    write_binary(
+        tmp_path / "bin",
+        {"205": {10, 18, 20, 9, 19, 100, 11}, "101": {30, 1000, 25, 12, 17, 5}},
+        [(1, 1, 0, 0, item[0]), (2, 0, 0, 1, item[1])],
+        common,
+        n_ids=1001,
+    )
+    slot = tmp_path / "slot.txt"
+    slot.write_text(
+        "".join(
+            f"{sid},{click},0,"
+            + ",".join([f"205:{i}" for i in its] + [f"101:{i}" for i in com])
+            + "\n"
+            for sid, click, its, com in ((1, 1, item[0], common[0]), (2, 0, item[1], common[1]))
+        )
+    )
+    cfg = esmm_config(
+        "hyper_parameters.fields=[205,101]",
+        "hyper_parameters.max_len=4",
+        "hyper_parameters.sparse_feature_number=10",
+        "hyper_parameters.hash_ids=True",
+    )
+    want = [[1, 9, 2, 9, 3, 1, 7, 3], [1, 1, 2, 0, 8, 5, 0, 0]]
+    binary = Dataset.load([str(tmp_path / "bin")], ali_ccp.Reader(cfg), None)
+    text = Dataset.load([str(slot)], ali_ccp.Reader(cfg), None)
+    assert isinstance(binary.parts[0], BinaryPart) and not isinstance(text.parts[0], BinaryPart)
+    for data in (binary, text):
+        batch = data.gather(np.arange(2))
+        np.testing.assert_array_equal(batch.ids, want)
+        np.testing.assert_array_equal(batch.sample_id, [1, 2])

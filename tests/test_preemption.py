@@ -290,6 +290,91 @@ def test_kill_9_then_sigterm_at_random_steps_and_resume_ends_as_the_uninterrupte
     assert not [n for n in os.listdir(save) if n.startswith(".")]
 
 
+# A trainer whose checkpoint write of folder argv[1] stops after the engine's files (weights,
+# optimizer, random state) are in its temporary folder and before meta.json and the rename; it
+# writes that folder's name to argv[2] and waits there to be killed.
+BLOCKED_WRITE = """
+import os, sys, time
+from paddle_rec_zoo import checkpoint
+from paddle_rec_zoo.cli import main
+
+target, marker = sys.argv[1], sys.argv[2]
+save = checkpoint._save
+
+def blocking_save(final, write_files, meta):
+    def write(tmp):
+        write_files(tmp)
+        if final == target:
+            with open(marker + ".tmp", "w") as f:
+                f.write(tmp)
+            os.rename(marker + ".tmp", marker)  # whole when it appears
+            time.sleep(600)
+    return save(final, write, meta)
+
+checkpoint._save = blocking_save
+sys.exit(main("trainer", sys.argv[3:]))
+"""
+
+
+def kill_inside_the_write_of(target, tmp_path, *overrides) -> str:
+    """Run the trainer until it is inside the checkpoint write of `target`, SIGKILL it there;
+    returns the temporary folder it was writing."""
+    marker = tmp_path / "writing"
+    marker.unlink(missing_ok=True)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BLOCKED_WRITE, str(target), str(marker)]
+            + ["-m", ESMM_CONFIG, "-o", *overrides],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        )
+        try:
+            wait_for(marker, proc, timeout=300)
+            assert proc.poll() is None and marker.exists(), log.read_text()[-3000:]
+        finally:
+            proc.kill()  # SIGKILL: asleep inside the write, or whatever went wrong
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    tmp = marker.read_text()
+    written = os.listdir(tmp)  # half a checkpoint: weights without meta.json
+    assert engines.PARAMS_FILE in written and checkpoint.META_FILE not in written, written
+    return tmp
+
+
+def test_sigkill_inside_a_checkpoint_write_keeps_the_previous_one_and_resume_ends_as_uninterrupted(
+    tmp_path, capsys
+):
+    """Killed while a mid-epoch and then an epoch checkpoint is half written (files in its
+    temporary folder, no meta.json, not renamed): the checkpoint before it stays the latest, the
+    half-written one is never taken, and resuming ends with the uninterrupted run's weights."""
+    ref, save = tmp_path / "ref", tmp_path / "run"
+    args = common(tmp_path, "runner.save_steps=6", "hyper_parameters.cvr_tower.dropout=0.3")
+    code, _, err = train_in_process(capsys, *args, f"runner.model_save_path={ref}")
+    assert code == 0, err
+    run = [*args, f"runner.model_save_path={save}"]
+    # steps/6, steps/12, epoch 0 (step 16, which drops those), then killed writing steps/18
+    first = kill_inside_the_write_of(save / "steps" / "18", tmp_path, *run)
+    assert os.path.dirname(first) == str(save / "steps")
+    assert not (save / "steps" / "18").exists()
+    assert checkpoint.saved_steps(save) == [] and checkpoint.saved_epochs(save) == [0]
+    assert checkpoint.latest(str(save)) == str(save / "0")
+    # resumed from epoch 0: steps/18 again, steps/24, steps/30, then killed writing epoch 1
+    second = kill_inside_the_write_of(save / "1", tmp_path, *run, "runner.resume=True")
+    assert "resuming after epoch 0 (step 16)" in (tmp_path / "killed.log").read_text()
+    assert not os.path.exists(first)  # the first kill's leftover went when the run resumed
+    assert os.path.dirname(second) == str(save) and not (save / "1").exists()
+    assert checkpoint.saved_epochs(save) == [0] and checkpoint.saved_steps(save) == [24, 30]
+    assert checkpoint.latest(str(save)) == str(save / "steps" / "30")
+    code, out, err = train_in_process(capsys, *run, "runner.resume=True")
+    assert code == 0, err
+    assert "resuming in epoch 1 after batch 14/16 (step 30)" in out
+    assert_same_run(save, ref)
+    assert not (save / "steps").exists()
+    assert not [n for n in os.listdir(save) if n.startswith(".")]
+
+
 def fleet_sigterm_then_resume(tmp_path, tool, args, reference):
     """Called by test_reliability's 2-rank test, whose run is the uninterrupted `reference`.
 

@@ -154,3 +154,70 @@ def test_eight_bytes_at_a_time_helpers_match_python():
         assert int(v) == (int(s) if expected else 0), s
     words = byte_words(np.frombuffer(b"ab:cdefghij:", np.uint8))
     assert list(_first_byte(words[[0, 1, 2, 3, 4]], ord(":"))) == [2, 1, 0, 8, 7]
+
+
+def test_byte_ranges_cut_anywhere_hold_every_line_once(tmp_path):
+    """`parse_file(start, end)` reads the lines that start in [start, end): ranges between any
+    cuts (on a line start, on a newline, inside a line, past the end) add up to the file."""
+    lines = [f"{i},{i % 2},0,101:{i},205:{i * 7 % 999},150_14:{i % 5 + 1}" for i in range(1, 301)]
+    path = tmp_path / "a.txt"
+    path.write_text("\n".join(lines))  # no final newline
+    data = path.read_bytes()
+    whole = Columns.concat(list(parser().parse_file(str(path))), 2, 6)
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    rng = np.random.default_rng(0)
+    for cuts in (
+        [0, starts[100], len(data)],  # on a line start
+        [0, starts[100] - 1, len(data)],  # on the newline before it
+        [0, starts[100] + 3, starts[100] + 5, len(data) + 10],  # an empty range, past the end
+        [0, *sorted(rng.integers(0, len(data), 6)), len(data)],
+    ):
+        parts = []
+        for a, z in zip(cuts[:-1], cuts[1:], strict=True):
+            parts += list(parser().parse_file(str(path), start=a, end=z, chunk_bytes=101))
+        got = Columns.concat(parts, 2, 6)
+        for name in ("sample_id", "labels", "ids"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(whole, name), err_msg=cuts)
+    # a range starting inside line 3 begins with line 4, and errors count lines from the top
+    path.write_bytes(data.replace(b"\n4,0,0,101:4,", b"\n4,0,0,101:x,", 1))
+    with pytest.raises(UserError, match=r"a.txt:4: field 101: feasign 'x'"):
+        list(parser().parse_file(str(path), start=starts[2] + 1, end=starts[10]))
+    assert list(parser().parse_file(str(path), start=starts[4], end=starts[10]))  # line 4 is out
+
+
+def test_reader_passes_its_byte_range_on():
+    reader = ali_ccp.Reader(esmm_config())
+    assert reader.supports_ranges  # so the data layer may split a file between processes
+    path = os.path.join(ALICCP, "paddlerec_train_sample.txt")
+    size = os.path.getsize(path)
+    (whole, info), *_ = list(reader.read_file(path))
+    head = [c for c, _ in reader.read_file(path, 0, size // 2)]
+    tail = [c for c, _ in reader.read_file(path, size // 2, size)]
+    both = Columns.concat(head + tail, 2, reader.layout.width)
+    assert 0 < len(head[0]) < len(whole) == len(both) == info["rows"]
+    np.testing.assert_array_equal(both.ids, whole.ids)
+
+
+def test_hash_ids_folds_large_ids_by_the_documented_rule_never_to_padding():
+    """doc/data.md: an id >= n becomes 1 + (id - 1) mod (n - 1); smaller ids stay, 0 is padding."""
+    p = parser(fields=("205", "101"), max_len=4, id_limit=10, hash_ids=True)
+    cols = p.parse_bytes(
+        b"1,1,0,205:10,205:18,205:20,205:9,101:30,101:1000,101:25,101:12\n"
+        b"2,0,0,205:19,205:100,205:11,101:17,101:5\n"
+        b"3,0,0,205:999999999999999999,205:100000000000000000,101:0\n"
+    )
+    # 10, 20, 30, 100, 1000 and 10**17 are multiples of the table size (id mod 10 = 0), 18 and
+    # 10**18 - 1 multiples of n - 1 (id mod 9 = 0): none folds to 0
+    np.testing.assert_array_equal(
+        cols.ids,
+        [[1, 9, 2, 9, 3, 1, 7, 3], [1, 1, 2, 0, 8, 5, 0, 0], [9, 1, 0, 0, 0, 0, 0, 0]],
+    )
+    ids = np.arange(0, 1000)
+    folded = p.parse_bytes("".join(f"{i},0,0,205:{i}\n" for i in ids).encode()).ids[:, 0]
+    np.testing.assert_array_equal(folded[:10], ids[:10])  # below the table size: unchanged
+    assert folded[10:].min() == 1 and folded[10:].max() == 9  # into [1, 10), never 0
+    # the smallest table, 2 rows: every id but the padding becomes 1
+    two = parser(fields=("205",), max_len=1, id_limit=2, hash_ids=True)
+    assert two.parse_bytes(
+        b"1,0,0,205:0\n2,0,0,205:1\n3,0,0,205:2\n4,0,0,205:77\n"
+    ).ids.ravel().tolist() == [0, 1, 1, 1]
