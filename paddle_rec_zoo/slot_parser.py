@@ -154,7 +154,7 @@ class SlotParser:
     def __init__(
         self,
         layout: FieldLayout,
-        label_names: tuple[str, ...] = ("click", "buy"),
+        label_names: tuple[str, ...],
         id_limit: int | None = None,
         id_limit_key: str = "hyper_parameters.sparse_feature_number",
         skip_bad: bool = False,
