@@ -43,7 +43,7 @@ COUNTERFACTUALS = ("ips", "dr", "none")
 class HyperParameters(MultiTaskHyperParameters):
     """The `hyper_parameters:` section of an ESCM² config."""
 
-    counterfactual: str = "dr"  # ips, dr (doubly robust, with an imputation tower) or none
+    counterfactual: str = "ips"  # ips, dr (doubly robust, with an imputation tower) or none
     counterfactual_weight: float = 0.1  # λc of the counterfactual CVR risk
     propensity_clip: float = 0.05  # p̂ = max(pctr, this): bounds the weights 1/p̂
     imputation_units: list[int] = field(default_factory=lambda: [64])  # DR's imputation tower
