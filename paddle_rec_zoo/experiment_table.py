@@ -45,9 +45,11 @@ class Truth:
         self.path = path
         self.sample_id = cols.pop("sample_id")[order].astype(np.int64)
         self.probs = {name: values[order] for name, values in cols.items()}
-        rng = np.random.default_rng(label_seed)
+        # every column from the same uniform draws: a column's labels do not depend on which
+        # other columns the file has (pcvr's are those earlier versions drew)
         self.labels = {
-            name: (rng.random(len(p)) < p).astype(np.float64) for name, p in self.probs.items()
+            name: (np.random.default_rng(label_seed).random(len(p)) < p).astype(np.float64)
+            for name, p in self.probs.items()
         }
 
     def rows(self, sample_id: np.ndarray) -> np.ndarray:

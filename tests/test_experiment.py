@@ -150,3 +150,16 @@ def test_experiment_compares_models_over_two_data_sets(tmp_path):
         ("esmm", 1), ("esmm", 2), ("escm2", 1), ("escm2", 2), ("oracle", None), ("oracle", None)
     ]  # fmt: skip
     assert os.path.exists(out / "runs" / "escm2-d2-s1" / "predictions.csv")
+
+
+def test_a_truth_columns_labels_do_not_depend_on_the_other_columns(tmp_path):
+    rng = np.random.default_rng(3)
+    p = rng.random(500)
+    (tmp_path / "one.csv").write_text(
+        "sample_id,pcvr\n" + "".join(f"{i},{v}\n" for i, v in enumerate(p))
+    )
+    (tmp_path / "two.csv").write_text(
+        "sample_id,pctr,pcvr\n" + "".join(f"{i},0.5,{v}\n" for i, v in enumerate(p))
+    )
+    one, two = table.Truth(str(tmp_path / "one.csv")), table.Truth(str(tmp_path / "two.csv"))
+    np.testing.assert_array_equal(one.labels["pcvr"], two.labels["pcvr"])
