@@ -137,12 +137,16 @@ class Metric:
                 keep &= np.asarray(columns[name]) > 0.5
         return keep
 
-    def compute(self, columns: dict) -> float:
-        """From 1-D arrays of outputs and labels, keyed by name."""
+    def select(self, columns: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, target) of the rows `where` keeps."""
         scores, target, mask = columns[self.output], self.target(columns), self.mask(columns)
         if mask is not None:
             scores, target = scores[mask], target[mask]
-        return _FUNCTIONS[self.kind](scores, target)
+        return scores, target
+
+    def compute(self, columns: dict) -> float:
+        """From 1-D arrays of outputs and labels, keyed by name."""
+        return _FUNCTIONS[self.kind](*self.select(columns))
 
 
 def _product(columns: dict, names: tuple[str, ...]) -> np.ndarray:
@@ -174,10 +178,7 @@ class TrainMetrics:
         """`outputs`, `labels`: 1-D arrays keyed by name."""
         columns = {**labels, **outputs}
         for m in self.metrics:
-            scores, target, mask = columns[m.output], m.target(columns), m.mask(columns)
-            if mask is not None:
-                scores, target = scores[mask], target[mask]
-            self.aucs[m.name].update(scores, target)
+            self.aucs[m.name].update(*m.select(columns))
 
     def compute(self) -> dict:
         return {name: s.compute() for name, s in self.aucs.items()}
