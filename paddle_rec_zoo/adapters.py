@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 
 from paddle_rec_zoo.model import Model, ModelSpec
-from paddle_rec_zoo.model_loader import check_labels
+from paddle_rec_zoo.model_loader import check_labels, reader_class
 from paddle_rec_zoo.optim import create_embedding_optimizer, create_optimizer
 
 
@@ -31,12 +31,13 @@ class _Adapter:
         if "network" in cls.__dict__:
             cls.hyper_parameters_class = cls.network.hyper_parameters_class
 
-    def __init__(self, config, label_names: tuple[str, ...]):
-        """`label_names`: the reader's label columns, in the order of a batch's `labels`."""
+    def __init__(self, config, label_names: tuple[str, ...] | None = None):
+        """`label_names`: the reader's label columns, in the order of a batch's `labels`
+        (default: those of the config's reader)."""
         self.config = config
         self.hp = config.hyper_parameters
         self.spec: ModelSpec = self.network.spec(self.hp)
-        self.label_names = tuple(label_names)
+        self.label_names = tuple(label_names or reader_class(config).label_names)
         check_labels(self.spec, self.label_names)
 
     @property
@@ -57,7 +58,7 @@ class _Adapter:
 
 
 class DygraphModel(_Adapter):
-    def __init__(self, config, label_names):
+    def __init__(self, config, label_names=None):
         super().__init__(config, label_names)
         self.net = None
 
@@ -98,7 +99,7 @@ class StaticModel(_Adapter):
     """Builds the network inside the current `paddle.static.Program` (under PIR); every fetched
     value is named (the declared outputs and `loss`), never auto-generated."""
 
-    def __init__(self, config, label_names):
+    def __init__(self, config, label_names=None):
         super().__init__(config, label_names)
         self.layer = None
 

@@ -22,7 +22,6 @@ import paddle
 
 from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.model_loader import reader_class
 from paddle_rec_zoo.runtime import math_threads
 from paddle_rec_zoo.sparse import row_tables, take_row_lookups
 
@@ -110,7 +109,6 @@ class DygraphEngine:
     ):
         """`label_names`: the reader's label columns (default: those of the config's reader)."""
         self.config = config
-        label_names = label_names or reader_class(config).label_names
         self.adapter = adapter_module.DygraphModel(config, label_names)
         self.spec = self.adapter.spec
         # fresh parameter names (sparse_embedding_0.w_0, ...) whatever ran before in this process:
@@ -277,7 +275,6 @@ class StaticEngine:
         self.place = place or paddle.CPUPlace()
         self.exe = paddle.static.Executor(self.place)
         self.scope = paddle.static.global_scope()
-        label_names = label_names or reader_class(config).label_names
         adapter_cls = adapter_module.StaticModel
         startup = paddle.static.Program()
         self.row_optimizer = None
