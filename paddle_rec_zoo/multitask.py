@@ -158,20 +158,30 @@ class MultiTaskModel(Model):
         """(click, buy) [B, 1] float32 of the towers' label columns."""
         return labels[self.hp.label("ctr")], labels[self.hp.label("cvr")]
 
-    def ctr_cvr_loss(self, outputs: dict, labels: dict, cvr_loss: str = "entire_space"):
-        """(total, parts) of the towers' logits, regularised: w_ctr·BCE(pctr, click) plus
-        - entire_space: w_cvr·BCE(pctr·pcvr, click·buy) over all impressions (ESMM's), or
-        - clicked: w_cvr·BCE(pcvr, buy) over the clicked impressions only (the naive CVR)."""
+    def task_loss(self, outputs: dict, labels: dict, cvr_loss: str = "entire_space"):
+        """(total, parts) of the towers' logits, without regularisation: w_ctr·BCE(pctr, click)
+        plus
+        - entire_space: w_cvr·BCE(pctr·pcvr, click·buy) over all impressions (ESMM's),
+        - clicked: w_cvr·BCE(pcvr, buy) over the clicked impressions only (the naive CVR), or
+        - ctcvr_head: w_cvr·BCE(σ(ctcvr_logit), click·buy), a head of its own for click∧buy."""
         hp = self.hp
         click, buy = self.labels_of(labels)
-        ctr_logit, cvr_logit = outputs["ctr_logit"], outputs["cvr_logit"]
+        ctr_logit = outputs["ctr_logit"]
         ctr_loss = F.binary_cross_entropy_with_logits(ctr_logit, click)
         if cvr_loss == "entire_space":
-            second, name = ctcvr_bce(ctr_logit, cvr_logit, click * buy), "loss_ctcvr"
+            second = ctcvr_bce(ctr_logit, outputs["cvr_logit"], click * buy)
+            name = "loss_ctcvr"
+        elif cvr_loss == "clicked":
+            second, name = clicked_bce(outputs["cvr_logit"], buy, click), "loss_cvr"
         else:
-            second, name = clicked_bce(cvr_logit, buy, click), "loss_cvr"
+            second = F.binary_cross_entropy_with_logits(outputs["ctcvr_logit"], click * buy)
+            name = "loss_ctcvr"
         total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * second
-        return self.regularized(total, {"loss_ctr": ctr_loss, name: second}, outputs)
+        return total, {"loss_ctr": ctr_loss, name: second}
+
+    def ctr_cvr_loss(self, outputs: dict, labels: dict, cvr_loss: str = "entire_space"):
+        """`task_loss` with the L2 and embedding regularisation."""
+        return self.regularized(*self.task_loss(outputs, labels, cvr_loss), outputs)
 
 
 def entire_space_outputs(ctr_logit, cvr_logit) -> dict:

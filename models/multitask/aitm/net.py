@@ -100,17 +100,9 @@ class AITMLayer(MultiTaskModel):
         }
 
     def loss(self, outputs: dict, labels: dict):
-        hp = self.hp
-        click, buy = self.labels_of(labels)
-        ctr_loss = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], click)
-        ctcvr_loss = F.binary_cross_entropy_with_logits(outputs["ctcvr_logit"], click * buy)
-        calibrator = calibrator_loss(outputs["p_ctcvr"], outputs["pctr"])
-        total = (
-            hp.ctr_tower.weight * ctr_loss
-            + hp.cvr_tower.weight * ctcvr_loss
-            + hp.calibrator_weight * calibrator
-        )
-        parts = {"loss_ctr": ctr_loss, "loss_ctcvr": ctcvr_loss, "calibrator": calibrator}
+        total, parts = self.task_loss(outputs, labels, "ctcvr_head")
+        parts["calibrator"] = calibrator_loss(outputs["p_ctcvr"], outputs["pctr"])
+        total = total + self.hp.calibrator_weight * parts["calibrator"]
         return self.regularized(total, parts, outputs)
 
 

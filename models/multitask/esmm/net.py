@@ -113,10 +113,4 @@ class ESMMLayer(MultiTaskModel):
             return self.ctr_cvr_loss(outputs, labels, "entire_space")
         if self.variant == "base":
             return self.ctr_cvr_loss(outputs, labels, "clicked")
-        # division: CTR and CTCVR fitted independently
-        hp = self.hp
-        click, buy = self.labels_of(labels)
-        ctr_loss = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], click)
-        ctcvr_loss = F.binary_cross_entropy_with_logits(outputs["ctcvr_logit"], click * buy)
-        total = hp.ctr_tower.weight * ctr_loss + hp.cvr_tower.weight * ctcvr_loss
-        return self.regularized(total, {"loss_ctr": ctr_loss, "loss_ctcvr": ctcvr_loss}, outputs)
+        return self.ctr_cvr_loss(outputs, labels, "ctcvr_head")  # division: CTR, CTCVR apart
