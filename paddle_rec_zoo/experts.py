@@ -5,7 +5,8 @@ progressive layered extraction of PLE (Tang et al., RecSys 2020), over the share
     PLE:   per level: task t's experts + shared experts ─► task t's gate over both;
            (levels before the last) a shared gate over all experts feeds the next level
 
-`ExpertsHyperParameters` adds their keys to a CTR/CVR model's `hyper_parameters`.
+`ExpertsHyperParameters` adds their keys to a CTR/CVR model's `hyper_parameters`;
+`ExpertsModel` is the network around either block (features, the block, a tower per task).
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.layers import dnn
-from paddle_rec_zoo.multitask import CVR_LOSSES, MultiTaskHyperParameters
+from paddle_rec_zoo.features import FeatureInput
+from paddle_rec_zoo.layers import dnn, mlp
+from paddle_rec_zoo.multitask import (
+    CVR_LOSSES,
+    MultiTaskHyperParameters,
+    MultiTaskModel,
+    entire_space_outputs,
+)
 
 
 @dataclass
@@ -128,3 +135,32 @@ class PLE(nn.Layer):
         for level in self.levels:
             task_inputs, shared = level(task_inputs, shared)
         return task_inputs
+
+
+class ExpertsModel(MultiTaskModel):
+    """ids -> features -> an expert-sharing block (`build_mixture`: one output per task) -> a CTR
+    and a CVR tower -> pctr, pcvr, pctcvr; the CVR output fitted as `cvr_loss` says."""
+
+    hyper_parameters_class = ExpertsHyperParameters
+
+    def __init__(self, hp: ExpertsHyperParameters):
+        super().__init__(hp)
+        self.input = FeatureInput(hp)
+        self.mixture = self.build_mixture(hp, self.input.out_size)
+        size = self.mixture.out_size
+        self.ctr_tower = mlp(size, hp.tower_units("ctr"), hp.ctr_tower.dropout)
+        self.cvr_tower = mlp(size, hp.tower_units("cvr"), hp.cvr_tower.dropout)
+
+    def build_mixture(self, hp, in_size: int) -> nn.Layer:
+        """The block between the features and the towers ([B, in_size] -> [ctr_x, cvr_x])."""
+        raise NotImplementedError
+
+    def forward(self, ids):
+        x, pooled = self.input(ids)
+        ctr_x, cvr_x = self.mixture(x)
+        out = entire_space_outputs(self.ctr_tower(ctr_x), self.cvr_tower(cvr_x))
+        out["embedding_reg"] = self.embedding_penalty([pooled])
+        return out
+
+    def loss(self, outputs: dict, labels: dict):
+        return self.ctr_cvr_loss(outputs, labels, self.hp.cvr_loss)

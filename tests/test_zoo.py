@@ -213,10 +213,11 @@ def test_gates_mix_experts_with_softmax_weights():
 
 def test_ple_levels_and_mmoe_experts_follow_the_config():
     ple = network("ple", small("ple", "hyper_parameters.num_levels=3"))
-    assert len(ple.ple.levels) == 3
-    assert ple.ple.levels[0].shared_gate is not None and ple.ple.levels[-1].shared_gate is None
+    assert len(ple.mixture.levels) == 3
+    assert ple.mixture.levels[0].shared_gate is not None
+    assert ple.mixture.levels[-1].shared_gate is None
     mmoe = network("mmoe", small("mmoe", "hyper_parameters.num_experts=5"))
-    assert len(mmoe.mmoe.experts.experts) == 5
+    assert len(mmoe.mixture.experts.experts) == 5
 
 
 @pytest.mark.parametrize(

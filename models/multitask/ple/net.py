@@ -16,10 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.experts import PLE, ExpertsHyperParameters
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import mlp
-from paddle_rec_zoo.multitask import MultiTaskModel, entire_space_outputs
+from paddle_rec_zoo.experts import PLE, ExpertsHyperParameters, ExpertsModel
 
 
 @dataclass
@@ -37,16 +34,14 @@ class HyperParameters(ExpertsHyperParameters):
                 raise UserError(f"{where}.{key} must be at least 1")
 
 
-class PLELayer(MultiTaskModel):
+class PLELayer(ExpertsModel):
     """ids [B, width] int64 -> pctr, pcvr, pctcvr [B, 1] and the towers' logits."""
 
     hyper_parameters_class = HyperParameters
 
-    def __init__(self, hp: HyperParameters):
-        super().__init__(hp)
-        self.input = FeatureInput(hp)
-        self.ple = PLE(
-            self.input.out_size,
+    def build_mixture(self, hp: HyperParameters, in_size: int) -> PLE:
+        return PLE(
+            in_size,
             2,
             hp.num_levels,
             hp.num_task_experts,
@@ -54,16 +49,3 @@ class PLELayer(MultiTaskModel):
             hp.expert_units,
             hp.expert_dropout,
         )
-        size = self.ple.out_size
-        self.ctr_tower = mlp(size, hp.tower_units("ctr"), hp.ctr_tower.dropout)
-        self.cvr_tower = mlp(size, hp.tower_units("cvr"), hp.cvr_tower.dropout)
-
-    def forward(self, ids):
-        x, pooled = self.input(ids)
-        ctr_x, cvr_x = self.ple(x)
-        out = entire_space_outputs(self.ctr_tower(ctr_x), self.cvr_tower(cvr_x))
-        out["embedding_reg"] = self.embedding_penalty([pooled])
-        return out
-
-    def loss(self, outputs: dict, labels: dict):
-        return self.ctr_cvr_loss(outputs, labels, self.hp.cvr_loss)
