@@ -94,27 +94,25 @@ def multitask_spec(hp: MultiTaskHyperParameters) -> ModelSpec:
     (all impressions)."""
     click, buy = hp.label("ctr"), hp.label("cvr")
     ctr, cvr = set(hp.ctr_tower.metrics), set(hp.cvr_tower.metrics)
+    ctr_auc = Metric("auc", "auc_ctr", "pctr", (click,), title="CTR AUC")
+    ctcvr_auc = Metric("auc", "auc_ctcvr", "pctcvr", (click, buy), title="CTCVR AUC")
     metrics = []
     if "auc" in ctr:
-        metrics.append(Metric("auc", "auc_ctr", "pctr", (click,), title="CTR AUC"))
+        metrics.append(ctr_auc)
     if "auc" in cvr:
         metrics.append(Metric("auc", "auc_cvr", "pcvr", (buy,), (click,), "CVR AUC (clicked)"))
-        metrics.append(Metric("auc", "auc_ctcvr", "pctcvr", (click, buy), title="CTCVR AUC"))
+        metrics.append(ctcvr_auc)
     for kind in ("logloss", "calibration"):
         if kind in ctr:
             metrics.append(Metric(kind, f"{kind}_ctr", "pctr", (click,)))
         if kind in cvr:
             metrics.append(Metric(kind, f"{kind}_ctcvr", "pctcvr", (click, buy)))
-    train = (
-        Metric("auc", "auc_ctr", "pctr", (click,)),
-        Metric("auc", "auc_ctcvr", "pctcvr", (click, buy)),
-    )
     return ModelSpec(
         inputs=(Input("ids", "int64", hp.layout().width),),
         outputs=OUTPUTS,
         labels=(click, buy),
         metrics=tuple(metrics),
-        train_metrics=train,
+        train_metrics=(ctr_auc, ctcvr_auc),  # whatever the towers' metrics
         truth_metrics=truth_metrics(click),
         counts={"clicks": (click,), "buys": (click, buy)},  # of the towers' labels
         label_keys={

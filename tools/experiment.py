@@ -161,7 +161,7 @@ def plan(args, out: str):
     return "variant", rows, [("", config.runner.test_data_dir, [])]
 
 
-def train_and_predict(args, config_path, config, opts, seed, run_dir, name) -> dict:
+def train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name) -> dict:
     """Train one run and predict the test split (or reuse its predictions); their columns."""
     from paddle_rec_zoo import experiment_table as table
     from paddle_rec_zoo.progress import log
@@ -188,7 +188,6 @@ def train_and_predict(args, config_path, config, opts, seed, run_dir, name) -> d
             [*common, *load, f"runner.save_predictions={preds_path}"],
             os.path.join(run_dir, "infer.log"),
         )
-    spec = network(config_path).spec(config.hyper_parameters)
     return table.read_csv_columns(preds_path, ("sample_id", *spec.labels, *spec.outputs))
 
 
@@ -234,7 +233,7 @@ def run(args) -> int:
             for seed in range(1, args.seeds + 1):
                 run_dir = os.path.join(out, "runs", f"{name}{suffix}-s{seed}")
                 start = time.time()
-                cols = train_and_predict(args, config_path, config, opts, seed, run_dir, name)
+                cols = train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name)
                 result = {key: name, "seed": seed, **table.score(spec, cols, truth)}
                 if suffix:
                     result["data"] = int(suffix[2:])
