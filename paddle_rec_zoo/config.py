@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from paddle_rec_zoo import paddlerec_keys
+from paddle_rec_zoo import cpu_math, paddlerec_keys
 from paddle_rec_zoo.errors import UserError
 
 _PATH = "path"
@@ -95,6 +95,9 @@ class RunnerConfig:
     # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = as
     # cpu_threads' 0 (1.5x with 2 threads than with 1 here)
     inference_cpu_threads: int = 0
+    # the math library's kernels: auto = the fastest this CPU supports (MKL's AVX2 or AVX-512
+    # path on AMD, which it skips by default); default = MKL's own choice; avx2; avx512
+    cpu_math: str = "auto"
 
     def validate(self, where: str):
         for key in ("epochs", "train_batch_size", "infer_batch_size", "print_interval"):
@@ -106,6 +109,11 @@ class RunnerConfig:
                     f"{where}.{key} must be 0 ({'off' if key == 'save_steps' else 'all cores'}) "
                     f"or more, got {getattr(self, key)}"
                 )
+        if self.cpu_math not in cpu_math.CHOICES:
+            raise UserError(
+                f"{where}.cpu_math: choose one of {', '.join(cpu_math.CHOICES)}, "
+                f"not {self.cpu_math!r}"
+            )
         if self.keep_step_checkpoints < 1:
             raise UserError(
                 f"{where}.keep_step_checkpoints must be at least 1, got {self.keep_step_checkpoints}"

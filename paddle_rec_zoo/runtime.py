@@ -8,6 +8,7 @@ import random
 import numpy as np
 import paddle
 
+from paddle_rec_zoo import cpu_math
 from paddle_rec_zoo.data import usable_cores
 from paddle_rec_zoo.progress import log
 
@@ -25,6 +26,8 @@ def math_threads(requested: int) -> int:
 def setup(config, static: bool = False):
     """Select the device, seed every generator; returns the Place for static executors."""
     r = config.runner
+    # before the first matrix product: MKL reads its kernel choice once, when it first runs
+    log(cpu_math.select(r.cpu_math))
     use_gpu = r.use_gpu
     if use_gpu and not paddle.is_compiled_with_cuda():
         log("runner.use_gpu is set but this Paddle build has no CUDA; running on the CPU")
