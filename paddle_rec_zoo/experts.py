@@ -19,7 +19,7 @@ import paddle.nn.functional as F
 
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import dnn, mlp
+from paddle_rec_zoo.layers import Linear, dnn, mlp
 from paddle_rec_zoo.multitask import (
     CVR_LOSSES,
     MultiTaskHyperParameters,
@@ -65,7 +65,7 @@ class Gate(nn.Layer):
 
     def __init__(self, in_size: int, n: int):
         super().__init__()
-        self.linear = nn.Linear(in_size, n)
+        self.linear = Linear(in_size, n)
 
     def forward(self, x, experts):
         weights = F.softmax(self.linear(x), axis=-1).unsqueeze(-1)  # [B, n, 1]

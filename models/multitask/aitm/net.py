@@ -26,7 +26,7 @@ import paddle.nn.functional as F
 
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import dnn
+from paddle_rec_zoo.layers import Linear, dnn
 from paddle_rec_zoo.multitask import MultiTaskHyperParameters, MultiTaskModel
 
 _EPS = 1e-7
@@ -56,7 +56,7 @@ class AIT(nn.Layer):
 
     def __init__(self, k: int):
         super().__init__()
-        self.h1, self.h2, self.h3 = (nn.Linear(k, k) for _ in range(3))
+        self.h1, self.h2, self.h3 = (Linear(k, k) for _ in range(3))
         self.scale = 1.0 / math.sqrt(k)
 
     def forward(self, transferred, own):
@@ -77,10 +77,10 @@ class AITMLayer(MultiTaskModel):
         k = units[-1]
         self.ctr_tower = dnn(self.input.out_size, units, hp.ctr_tower.dropout)
         self.cvr_tower = dnn(self.input.out_size, units, hp.cvr_tower.dropout)
-        self.info = nn.Sequential(nn.Linear(k, k), nn.ReLU())
+        self.info = nn.Sequential(Linear(k, k), nn.ReLU())
         self.ait = AIT(k)
-        self.ctr_out = nn.Linear(k, 1)
-        self.ctcvr_out = nn.Linear(k, 1)
+        self.ctr_out = Linear(k, 1)
+        self.ctcvr_out = Linear(k, 1)
 
     def forward(self, ids):
         x, pooled = self.input(ids)
