@@ -21,6 +21,7 @@ import paddle
 from paddle_rec_zoo.model import Model, ModelSpec
 from paddle_rec_zoo.model_loader import check_labels, reader_class
 from paddle_rec_zoo.optim import create_embedding_optimizer, create_optimizer
+from paddle_rec_zoo.sparse import set_row_ids
 
 
 class _Adapter:
@@ -49,8 +50,12 @@ class _Adapter:
         return self.spec.label_columns(batch, self.label_names)
 
     def inputs(self, batch) -> dict:
-        """{input name: array} from the batch's columns of the same names."""
-        return {i.name: getattr(batch, i.name) for i in self.spec.inputs}
+        """{input name: array} from the batch's columns of the same names; a batch prepared
+        for row-wise tables (`batch.rows`) gives its local ids as `ids` (paddle_rec_zoo.sparse)."""
+        found = {i.name: getattr(batch, i.name) for i in self.spec.inputs}
+        if batch.rows is not None:
+            found["ids"] = batch.rows.local
+        return found
 
     def create_embedding_optimizer(self):
         """The row-wise optimizer of the embedding tables, or None (they are dense parameters)."""
@@ -83,8 +88,11 @@ class DygraphModel(_Adapter):
         return create_optimizer(self.hp, net.parameters())
 
     def train_forward(self, net, batch):
-        """(loss tensor, outputs dict of [B, 1] tensors)."""
+        """(loss tensor, outputs dict of [B, 1] tensors). A batch prepared for row-wise tables
+        (`batch.rows`, see `paddle_rec_zoo.sparse.row_batch`) trains them on its own rows."""
         feeds = self.create_feeds(batch)
+        if batch.rows is not None:
+            set_row_ids(net, paddle.to_tensor(batch.rows.uniq))
         outputs = net(*(feeds[i.name] for i in self.spec.inputs))
         loss, _ = self.create_loss(net, outputs, feeds)
         return loss, outputs
@@ -120,11 +128,14 @@ class StaticModel(_Adapter):
                 feed[name] = column.astype(np.float32).reshape(-1, 1)
         return feed
 
-    def net(self, inputs: dict, is_infer: bool = False) -> dict:
-        """Build the network; returns the values to fetch by name."""
+    def net(self, inputs: dict, is_infer: bool = False, row_ids=None) -> dict:
+        """Build the network; returns the values to fetch by name. `row_ids`: the feed of a
+        batch's unique ids, for row-wise tables (whose `ids` feed then holds local ids)."""
         self.layer = self.network(self.hp)
         if is_infer:
             self.layer.eval()
+        if row_ids is not None:
+            set_row_ids(self.layer, row_ids)
         outputs = self.layer(*(inputs[i.name] for i in self.spec.inputs))
         fetch = {name: outputs[name] for name in self.output_names}
         if not is_infer:

@@ -22,8 +22,8 @@ import signal
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,11 +36,14 @@ PREAD_BYTES = 1 << 30  # memory-mapped columns at least this large are gathered 
 
 
 class Batch(NamedTuple):
-    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64."""
+    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64;
+    `rows`: for training row-wise tables, the ids as rows of the batch's own
+    (`paddle_rec_zoo.sparse.RowBatch`), prepared with the batch when the engine asks."""
 
     ids: np.ndarray
     labels: np.ndarray
     sample_id: np.ndarray
+    rows: Any = None
 
 
 def list_data_files(folder: str, key: str) -> list[str]:
@@ -135,7 +138,8 @@ class Dataset:
         for f in np.unique(which):
             local = index[which == f] - self.offsets[f]
             pieces.append(_to_batch(self.parts[f], local))
-        return Batch(*(np.concatenate(cols) for cols in zip(*pieces, strict=True)))
+        columns = zip(*(p[:3] for p in pieces), strict=True)  # rows: none yet
+        return Batch(*(np.concatenate(cols) for cols in columns))
 
     def batch_indices(
         self,
@@ -165,12 +169,25 @@ class Dataset:
         return out
 
     def batches(
-        self, batch_size: int, shuffle=False, seed=0, epoch=0, rank=0, world=1, equal=False, start=0
+        self,
+        batch_size: int,
+        shuffle=False,
+        seed=0,
+        epoch=0,
+        rank=0,
+        world=1,
+        equal=False,
+        start=0,
+        prepare: Callable[[Batch], Batch] | None = None,
     ):
-        """Iterate `Batch`es from the `start`-th on (a resumed epoch), prepared in a background
+        """Iterate `Batch`es from the `start`-th on (a resumed epoch), gathered and passed
+        through `prepare` (an engine's per-batch work that needs no model) in a background
         thread while the caller computes."""
         plan = self.batch_indices(batch_size, shuffle, seed, epoch, rank, world, equal)[start:]
-        return prefetch((self.gather(idx) for idx in plan), depth=4)
+        batches = (self.gather(idx) for idx in plan)
+        if prepare is not None:
+            batches = (prepare(batch) for batch in batches)
+        return prefetch(batches, depth=4)
 
     def num_batches(self, batch_size: int, rank: int = 0, world: int = 1, equal=False) -> int:
         n = len(self) // world if equal else len(range(rank, len(self), world))

@@ -23,7 +23,7 @@ import paddle
 from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.runtime import math_threads
-from paddle_rec_zoo.sparse import row_tables, take_row_lookups
+from paddle_rec_zoo.sparse import ROW_IDS, row_batch, row_tables, take_row_lookups
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
@@ -85,6 +85,21 @@ def _write_pickle(path: str, values: dict):
         pickler.dump({k: _Fetched(v) if callable(v) else v for k, v in values.items()})
 
 
+def _with_rows(batch, row_wise: bool, world: World):
+    """`batch` with its row batch for row-wise tables (`sparse.row_batch`), made here if the
+    data thread did not (`prepare`); under Fleet it is always made here: it is a collective."""
+    if not row_wise or batch.rows is not None:
+        return batch
+    return batch._replace(rows=row_batch(batch.ids, world))
+
+
+def _prepared(batch, row_wise: bool, world: World):
+    """An engine's `prepare`: the per-batch work that needs no model, for the data thread."""
+    if world.active:
+        return batch
+    return _with_rows(batch, row_wise, world)
+
+
 class _DataParallel(paddle.DataParallel):
     """DataParallel that also exposes the wrapped layer's own attributes (e.g. `net.loss`), so
     model adapters work the same with and without it."""
@@ -128,8 +143,13 @@ class DygraphEngine:
         self.train_net = _DataParallel(self.net) if self.world.active and training else self.net
         self.output_names = self.spec.outputs
 
+    def prepare(self, batch):
+        """Per-batch work that needs no model, done in the data thread (`Dataset.batches`)."""
+        return _prepared(batch, bool(self.row_tables), self.world)
+
     def train_step(self, batch):
         self.net.train()
+        batch = _with_rows(batch, bool(self.row_tables), self.world)
         loss, outputs = self.adapter.train_forward(self.train_net, batch)
         loss.backward()
         self.optimizer.step()
@@ -269,7 +289,7 @@ class StaticEngine:
         label_names: tuple[str, ...] | None = None,
     ):
         """`label_names`: the reader's label columns (default: those of the config's reader)."""
-        world = world or World()
+        world = self.world = world or World()
         paddle.enable_static()
         self.config = config
         self.place = place or paddle.CPUPlace()
@@ -283,8 +303,11 @@ class StaticEngine:
             train = adapter_cls(config, label_names)
             with paddle.utils.unique_name.guard():
                 with paddle.static.program_guard(self.train_program, startup):
-                    self.train_fetch = train.net(train.create_feeds())
                     self.row_optimizer = train.create_embedding_optimizer()
+                    row_ids = None
+                    if self.row_optimizer is not None:  # row-wise tables: see sparse.py
+                        row_ids = paddle.static.data(ROW_IDS, [None], "int64")
+                    self.train_fetch = train.net(train.create_feeds(), row_ids=row_ids)
                     self._row_lr = _append_update(
                         self.train_fetch["loss"],
                         train.layer,
@@ -315,10 +338,17 @@ class StaticEngine:
                 self.infer_program, self.infer_fetch[name], name, len(block.ops)
             )
 
+    def prepare(self, batch):
+        """Per-batch work that needs no model, done in the data thread (`Dataset.batches`)."""
+        return _prepared(batch, self.row_optimizer is not None, self.world)
+
     def train_step(self, batch):
         names = ["loss", *self.output_names]
+        row_wise = self.row_optimizer is not None
+        batch = _with_rows(batch, row_wise, self.world)
         feed = self.adapter.feed(batch)
-        if self.row_optimizer is not None:
+        if row_wise:
+            feed[ROW_IDS] = batch.rows.uniq
             feed[self._row_lr.name] = np.array([self.row_optimizer.next_lr()], "float32")
         values = self.exe.run(
             self.train_program,

@@ -122,7 +122,7 @@ class _Epoch:
             self.epoch_samples = run.epoch_samples
         batches = dataset.batches(
             r.train_batch_size, r.shuffle, r.seed, epoch, self.world.rank, self.world.size, True,
-            start,
+            start, self.engine.prepare,
         )  # fmt: skip
         for i, batch in enumerate(
             progress(batches, n_batches - start, f"epoch {epoch}"), start=start

@@ -7,15 +7,18 @@ both moment tables on every step: the step time grows with the vocabulary (about
 `Adam(lazy_mode=True)` has nothing sparse to be lazy about. So the update is built here, from
 Paddle ops that run the same in both engines:
 
-    ids [B, W] ─► unique ─► uniq [U], inverse [B·W]
-    rows = table[uniq]          [U, D], a leaf that takes a gradient (the table itself does not)
-    embeddings = rows[inverse]  [B, W, D]   (padding id 0 looks up zeros)
+    host (numpy, in the data thread):  ids [B, W] ─► row_batch ─► uniq [U], local [B, W]
+                                        (uniq[0] = 0, the padding id; uniq[local] == ids)
+    rows = table[uniq]                  [U, D], a leaf that takes a gradient (the table does not)
+    embeddings = rows[local]            [B, W, D] (the embedding op; local 0 looks up zeros)
     backward:   d loss / d rows [U, D]
     update:     rows, slots[uniq] ─► the optimizer's rule ─► scattered back in place
 
-Every cost is O(U·D) per step, U ≤ B·W, whatever the number of rows. Under Fleet every rank looks
-up the union of all ranks' ids (all-reduced into one buffer), so the rows, their averaged gradient
-and the update are the same on every rank, as for one process with the summed batch.
+Every cost is O(U·D) per step, U ≤ B·W, whatever the number of rows. The unique ids are found on
+the host, in the thread that prepares the next batch while this one trains (`row_batch`): a sort
+inside the step cost as much as a tower's forward pass (doc/benchmarks.md, "Step profile").
+Under Fleet every rank looks up the union of all ranks' ids, so the rows, their averaged
+gradient and the update are the same on every rank, as for one process with the summed batch.
 
 `RowOptimizer` holds the per-row optimizer state ("slots") beside each table, named
 `<table var>_<kind>`, so checkpoints and resume carry it like any other optimizer state.
@@ -24,7 +27,9 @@ and the update are the same on every rank, as for one process with the summed ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 from paddle import _C_ops
@@ -36,26 +41,40 @@ ROW_OPTIMIZERS = {
     "adagrad": ("accumulator",),  # D floats per row
     "sgd": (),
 }
+ROW_IDS = "row_ids"  # the static train program's feed of a batch's unique ids
 
 
-def unique_ids(flat):
-    """[N] int64 -> (uniq [U] ascending, inverse [N] with uniq[inverse] == flat).
+class RowBatch(NamedTuple):
+    """A batch's ids as rows of its own: `uniq[local] == ids`, and `uniq[0] == 0` (padding)."""
 
-    One sort: `paddle.unique(return_inverse=True)` searches for every id to make its inverse,
-    which grows with ids x unique ids (seconds for one batch of tens of thousands of ids). `_C_ops.argsort` returns the sorted values with
-    the order (`paddle.argsort` drops them, which would cost a gather); not
-    `unique_consecutive`, whose inverse PIR declares float32 while it holds int64.
-    """
-    ordered, order = _C_ops.argsort(flat, -1, False, False)
-    first = paddle.concat([paddle.ones([1], "bool"), ordered[1:] != ordered[:-1]])
-    group = paddle.cumsum(first.astype("int64")) - 1  # [N] index into uniq, in sorted order
-    inverse = paddle.scatter(paddle.zeros_like(group), order, group)
-    return paddle.masked_select(ordered, first), inverse
+    uniq: np.ndarray  # [U] int64, ascending
+    local: np.ndarray  # [B, W] int64, 0 exactly where ids are padding
+
+
+def row_batch(ids: np.ndarray, world=None) -> RowBatch:
+    """The unique ids of `ids` [B, W] (of every rank's `ids` under an active Fleet `world`:
+    a collective, so call it on the training thread there) and each id's position among them.
+
+    Padding id 0 is always `uniq[0]`, so local id 0 means padding too: the embedding op's
+    `padding_idx=0` then looks it up as zeros and gives its row no gradient."""
+    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if world is not None and world.active:
+        # one buffer: this rank's ids in its own block, zeros elsewhere, summed over ranks
+        # (every rank's batch has the same size: the data layer makes the shares equal)
+        blocks = np.zeros((world.size, flat.size), np.int64)
+        blocks[world.rank] = flat
+        uniq, inverse = np.unique(world.all_reduce_sum(blocks), return_inverse=True)
+        inverse = inverse.reshape(world.size, -1)[world.rank]
+    else:
+        uniq, inverse = np.unique(flat, return_inverse=True)
+    if uniq.size == 0 or uniq[0] != 0:
+        uniq, inverse = np.concatenate([np.zeros(1, np.int64), uniq]), inverse + 1
+    return RowBatch(uniq.astype(np.int64, copy=False), inverse.reshape(ids.shape).astype(np.int64))
 
 
 @dataclass
 class RowLookup:
-    """What one training forward looked up: the table, its unique ids and the gathered rows."""
+    """What one training step looked up: the table, its unique ids and the gathered rows."""
 
     table: paddle.Tensor  # [rows, D] parameter
     uniq: paddle.Tensor  # [U] int64
@@ -66,9 +85,11 @@ class SparseEmbedding(nn.Embedding):
     """`nn.Embedding` (padding id 0) whose training forward gathers only the batch's rows.
 
     With `row_wise=False` it is exactly `nn.Embedding`: its table is a parameter of the dense
-    optimizer. With `row_wise=True` the table takes no gradient; a training forward records a
-    `RowLookup` in `self.lookup`, for a `RowOptimizer` to update after the backward pass.
-    Evaluation and exported models look up rows with the plain embedding op either way.
+    optimizer. With `row_wise=True` the table takes no gradient, and a training forward takes
+    a batch's *local* ids (`RowBatch.local`) after `set_row_ids` gave the table the batch's
+    unique ids: it gathers those rows once per step, whatever the number of calls, and records
+    a `RowLookup` in `self.lookup` for a `RowOptimizer` to update after the backward pass.
+    Evaluation and exported models look up global ids with the plain embedding op either way.
     """
 
     def __init__(self, num_rows: int, dim: int, init_std: float, row_wise: bool):
@@ -80,30 +101,23 @@ class SparseEmbedding(nn.Embedding):
         )
         self.row_wise = row_wise
         self.weight.stop_gradient = row_wise
+        self.row_ids = None  # [U] int64: this step's unique ids (set_row_ids)
         self.lookup: RowLookup | None = None
 
     def forward(self, ids):
-        if not (self.row_wise and self.training):
+        if not (self.row_wise and self.training) or self.row_ids is None:
+            # global ids; outside a training step (no set_row_ids) nothing is recorded, and
+            # take_row_lookups says so
             return super().forward(ids)
-        flat = ids.reshape([-1])
-        size = paddle.distributed.get_world_size() if paddle.distributed.is_initialized() else 1
-        if size > 1:  # a rank of a collective job (Fleet): the union of every rank's ids
-            rank = paddle.distributed.get_rank()
-            # one buffer: this rank's ids in its own block, zeros elsewhere, summed over ranks
-            # (every rank's batch has the same size: the data layer makes the shares equal)
-            blocks = [flat if r == rank else paddle.zeros_like(flat) for r in range(size)]
-            everyone = paddle.concat(blocks)
-            paddle.distributed.all_reduce(everyone)
-            uniq, inverse = unique_ids(everyone)
-            inverse = inverse.reshape([size, -1])[rank]
-        else:
-            uniq, inverse = unique_ids(flat)
-        rows = paddle.gather(self.weight, uniq)  # [U, D]
-        rows.stop_gradient = False
-        self.lookup = RowLookup(self.weight, uniq, rows)
-        # padding id 0 looks up zeros and its row takes no gradient, as with padding_idx
-        kept = rows * (uniq != 0).astype(rows.dtype).unsqueeze(1)
-        return paddle.gather(kept, inverse).reshape([-1, *ids.shape[1:], self._embedding_dim])
+        lookup = self.lookup
+        if lookup is None or lookup.uniq is not self.row_ids:  # this step's first call
+            rows = paddle.gather(self.weight, self.row_ids)  # [U, D]
+            rows.stop_gradient = False
+            lookup = self.lookup = RowLookup(self.weight, self.row_ids, rows)
+        # a second call in the same step shares the rows: their gradient adds up both calls'.
+        # The op itself: F.embedding checks padding_idx against the rows' static shape, which
+        # a static program does not know ([-1, D])
+        return _C_ops.embedding(ids, lookup.rows, 0, False)
 
 
 def _row_wise(layer: nn.Layer) -> dict:
@@ -120,12 +134,22 @@ def row_tables(layer: nn.Layer) -> dict:
     return {name: sub.weight for name, sub in _row_wise(layer).items()}
 
 
+def set_row_ids(layer: nn.Layer, uniq) -> None:
+    """Give every row-wise table of `layer` the unique ids (`RowBatch.uniq`, a [U] int64 tensor,
+    or the static program's feed) of the batch whose local ids its training forward gets."""
+    for sub in _row_wise(layer).values():
+        sub.row_ids = uniq
+
+
 def take_row_lookups(layer: nn.Layer) -> list[RowLookup]:
     """The lookups of `layer`'s last training forward, one per row-wise table, and forget them."""
     found = []
     for sub in _row_wise(layer).values():
         if sub.lookup is None:
-            raise RuntimeError(f"{sub.full_name()}: no training forward since the last update")
+            raise RuntimeError(
+                f"{sub.full_name()}: no rows looked up since the last update (a training "
+                "forward on local ids, after set_row_ids with the batch's unique ids)"
+            )
         found.append(sub.lookup)
         sub.lookup = None
     return found

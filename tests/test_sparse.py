@@ -10,7 +10,15 @@ from test_parity import assert_same_losses_in_both_engines
 
 from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.sparse import ROW_OPTIMIZERS, RowLookup, RowOptimizer, unique_ids
+from paddle_rec_zoo.sparse import (
+    ROW_OPTIMIZERS,
+    RowLookup,
+    RowOptimizer,
+    SparseEmbedding,
+    row_batch,
+    set_row_ids,
+    take_row_lookups,
+)
 
 TABLE = "inputs.0.embedding.weight"
 
@@ -23,14 +31,71 @@ def opts(rule: str, *extra):
     )
 
 
-@pytest.mark.parametrize("size", [1, 7, 5000])
-def test_unique_ids_is_numpys_unique_with_inverse(size):
+@pytest.mark.parametrize("size, padding", [(1, False), (7, True), (5000, True), (5000, False)])
+def test_row_batch_gives_every_id_its_row_and_padding_row_zero(size, padding):
     rng = np.random.default_rng(size)
-    ids = rng.integers(0, max(size // 3, 2), size).astype(np.int64)
-    uniq, inverse = unique_ids(paddle.to_tensor(ids))
-    expected, expected_inverse = np.unique(ids, return_inverse=True)
-    np.testing.assert_array_equal(uniq.numpy(), expected)
-    np.testing.assert_array_equal(inverse.numpy(), expected_inverse.ravel())
+    low = 0 if padding else 1
+    ids = rng.integers(low, max(size // 3, 2) + low, (size, 3)).astype(np.int64)
+    uniq, local = row_batch(ids)
+    assert uniq[0] == 0 and np.all(np.diff(uniq) > 0)  # padding first, then ascending, unique
+    np.testing.assert_array_equal(uniq[local], ids)
+    np.testing.assert_array_equal(local == 0, ids == 0)  # local 0 is padding, and only it
+    assert set(uniq[1:]) == set(ids[ids != 0].ravel())
+
+
+class _Ranks:
+    """A Fleet world of `size` ranks seen from `rank`, whose all-reduce sums the given blocks."""
+
+    def __init__(self, rank, per_rank_ids):
+        self.rank, self.size, self.active = rank, len(per_rank_ids), True
+        self.per_rank_ids = per_rank_ids
+
+    def all_reduce_sum(self, blocks):
+        total = np.zeros_like(blocks)
+        for r, ids in enumerate(self.per_rank_ids):
+            total[r] = ids.reshape(-1)
+        return total
+
+
+def test_row_batch_under_fleet_is_the_union_of_every_ranks_ids():
+    a = np.array([[3, 0], [9, 3]], np.int64)
+    b = np.array([[7, 7], [0, 2]], np.int64)
+    for rank, ids in enumerate((a, b)):
+        uniq, local = row_batch(ids, _Ranks(rank, [a, b]))
+        np.testing.assert_array_equal(uniq, [0, 2, 3, 7, 9])  # the same on every rank
+        np.testing.assert_array_equal(uniq[local], ids)
+
+
+def test_a_table_looked_up_twice_in_one_step_updates_both_calls_rows():
+    paddle.seed(0)
+    emb = SparseEmbedding(20, 3, 0.1, row_wise=True)
+    ids = np.array([[1, 2, 5, 6], [2, 3, 6, 7]], np.int64)
+    rows = row_batch(ids)
+    set_row_ids(emb, paddle.to_tensor(rows.uniq))
+    local = paddle.to_tensor(rows.local)
+    before = emb.weight.numpy().copy()
+    loss = emb(local[:, :2]).sum() + 2 * emb(local[:, 2:]).sum()  # two calls, one step
+    loss.backward()
+    lookups = take_row_lookups(emb)
+    assert len(lookups) == 1  # one set of rows per table and step
+    RowOptimizer("sgd", lambda: 0.1).step(lookups)
+    changed = np.flatnonzero(np.abs(emb.weight.numpy() - before).sum(axis=1))
+    np.testing.assert_array_equal(changed, [1, 2, 3, 5, 6, 7])  # both calls' rows
+    # d loss / d row = how often the row is looked up, times 1 or 2 by call
+    counts = {1: 1, 2: 2, 3: 1, 5: 2, 6: 4, 7: 2}
+    for row, count in counts.items():
+        np.testing.assert_allclose(before[row] - emb.weight.numpy()[row], 0.1 * count, rtol=1e-5)
+
+
+def test_a_forward_outside_a_training_step_looks_up_global_ids_and_records_nothing():
+    paddle.seed(0)
+    emb = SparseEmbedding(20, 3, 0.1, row_wise=True)
+    ids = paddle.to_tensor(np.array([[1, 0]], np.int64))
+    out = emb(ids).numpy()  # training mode, but no batch rows given
+    np.testing.assert_array_equal(out[0, 0], emb.weight.numpy()[1])
+    assert not out[0, 1].any()
+    with pytest.raises(RuntimeError, match="no rows looked up since the last update"):
+        take_row_lookups(emb)
 
 
 def reference_steps(rule: str, w, grads, lr=0.1, b1=0.9, b2=0.999, eps=1e-8):
@@ -139,7 +204,7 @@ def test_both_engines_train_identically_with_row_wise_updates(rule):
 
 
 def test_the_static_program_has_no_dense_table_gradient_or_update():
-    """What makes a step cost O(rows): an embedding_grad op, or an optimizer op on the table."""
+    """What makes a step cost O(rows): a gradient of the table, or an optimizer op on it."""
     cfg = opts("lazy_adam")
     engine = StaticEngine(esmm_module("static_model"), cfg)
     try:
@@ -153,7 +218,10 @@ def test_the_static_program_has_no_dense_table_gradient_or_update():
         ]
     finally:
         paddle.disable_static()
-    assert "pd_op.embedding_grad" not in ops and "pd_op.adam_" in ops  # the dense layers' Adam
+    assert "pd_op.adam_" in ops  # the dense layers' Adam
+    # the embedding op's gradient is of the batch's rows [U, D], never of the table
+    grads = [shape for name, shape in shapes if name == "pd_op.embedding_grad"]
+    assert grads == [[-1, 12]], grads
     assert ops.count("pd_op.scatter_") == 3  # table, moment1, moment2: in place
     full = [name for name, shape in shapes if shape[:1] == [500]]
     assert all(name == "pd_op.scatter_" for name in full), (table, full)  # nothing else is O(rows)
