@@ -1,9 +1,13 @@
 """tools/benchmark.py runs end to end at a tiny size and writes its table (no timing checks)."""
 
+import ast
+import math
 import os
+import re
 import sys
 
 import benchmark  # tools/ is on the tests' path (pyproject.toml)
+import paddle
 import pytest
 from conftest import ROOT, run_group
 
@@ -58,3 +62,100 @@ def test_vocab_table_reports_each_size_against_the_smallest_and_the_baseline(tmp
     assert rows[1].startswith("| 10,000,000 | dygraph | 28,000 (27,500–28,500) | 90% | 2,200")
     assert rows[1].endswith("| 2.0x | 2,300 | 1,373 |")  # 10M x 12 x 4 bytes x 3 = 1,373 MiB
     assert "static" not in text.split("Baseline")[0]  # no static results, no static rows
+
+
+def test_paddlerec_recipe_trains_an_epoch_and_saves_it(tmp_path):
+    save = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "paddlerec_recipe.py")]
+    cmd += ["--data", os.path.join(ROOT, "models", "multitask", "esmm", "data", "train")]
+    cmd += ["--batch-size", "256", "--epochs", "1", "--save", str(save), "--print-interval", "5"]
+    cmd += ["--sparse-feature-number", "1395", "--cpu-threads", "1"]  # data/meta.json
+    env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
+    proc = run_group(cmd, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    done = re.search(r"done in [\d.]+s \(([\d,]+) samples/s\); ([\d,]+) samples, loss (\S+)", out)
+    assert done, out[-2000:]
+    assert float(done.group(1).replace(",", "")) > 0
+    assert done.group(2) == "3,840"  # 4000 rows, drop_last as PaddleRec: 15 batches of 256
+    logged = [float(x) for x in re.findall(r"batch_id: \d+, .*?loss:([\d.]+),", out)]
+    assert len(logged) == 3 and math.isfinite(float(done.group(3)))  # batches 0, 5, 10
+    assert float(done.group(3)) < logged[0]  # it learns: the last batch's loss below the first
+    params = paddle.load(str(save / "0" / "rec.pdparams"))
+    assert list(params["embedding.weight"].shape) == [1395, 12]
+    assert {k for k in params if k.endswith(".weight") and "tower" in k} == {
+        f"{t}_tower.{i}.weight" for t in ("ctr", "cvr") for i in (0, 2, 4)
+    }  # both towers 276-256-64-2, ReLU between
+    assert (save / "0" / "rec.pdopt").exists()
+
+
+def test_paddlerec_recipe_imports_nothing_of_the_project():
+    with open(os.path.join(ROOT, "tools", "paddlerec_recipe.py")) as f:
+        tree = ast.parse(f.read())
+    imported = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {
+        "__future__",
+        "argparse",
+        "logging",
+        "math",
+        "os",
+        "sys",
+        "time",
+        "numpy",
+        "paddle",
+    }
+
+
+def test_paddlerec_recipe_runs_on_the_tools_data_and_threads_without_mkl_settings(
+    tmp_path, monkeypatch
+):
+    args = benchmark.argparse.Namespace(
+        workdir=str(tmp_path), runs=1, batch_size=512, cpu_threads=2
+    )
+    meta = {"splits": {"train": {"rows": 4000}, "test": {"rows": 1000}}}
+    bench = benchmark.Bench(args, {**meta, "sparse_feature_number": 777})
+    calls = []
+
+    def fake_run(cmd, log_path, unset=()):
+        calls.append((cmd, set(unset)))
+        return 2.0, 300, "epoch 0 done in 1.5s (2,560 samples/s); 3,584 samples, loss 0.5\n"
+
+    monkeypatch.setattr(benchmark, "run_process", fake_run)
+    bench.run_paddlerec(0)
+    ((cmd, unset),) = calls
+    assert cmd[1].endswith("paddlerec_recipe.py") and "MKL_DEBUG_CPU_TYPE" in unset
+    flags = dict(zip(cmd[2::2], cmd[3::2], strict=True))  # every flag has a value
+    assert flags["--data"] == os.path.join(str(tmp_path), "data", "train_data")
+    assert flags["--batch-size"] == "512" and flags["--epochs"] == "1"
+    assert flags["--cpu-threads"] == "2" and flags["--sparse-feature-number"] == "777"
+    (result,) = bench.results["paddlerec_train"]
+    assert result["rate"] == 2000.0 and result["loop_rate"] == 2560.0  # rows / whole process
+
+
+def test_table_gives_training_rows_against_both_baselines(tmp_path):
+    args = benchmark.argparse.Namespace(
+        workdir=str(tmp_path), runs=1, batch_size=1024, infer_batch_size=8192, cpu_threads=None
+    )
+    bench = benchmark.Bench(args, {"splits": {"train": {"rows": 4000}, "test": {"rows": 1000}}})
+    run = {"load": 1.0, "rss_mb": 500}
+    bench.results = {
+        "baseline_train": [{**run, "rate": 2000.0}],
+        "baseline_eval": [{**run, "rate": 4000.0}],
+        "paddlerec_train": [{**run, "rate": 1000.0}],
+        "train_dygraph_warm": [{**run, "rate": 7000.0}],
+        "infer_dygraph_warm": [{**run, "rate": 20000.0}],
+    }
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in bench.table().splitlines()}
+    header = rows["measurement"]
+    vs_base, vs_recipe = header.index("vs baseline"), header.index("vs PaddleRec recipe")
+    trainer = rows["trainer.py, 1 epoch, warm cache"]
+    assert (trainer[vs_base], trainer[vs_recipe]) == ("3.5x", "7.0x")
+    recipe = rows["PaddleRec's own ESMM recipe (reader, network, trainer), whole process"]
+    assert (recipe[vs_base], recipe[vs_recipe]) == ("0.5x", "1.0x")
+    baseline = rows["baseline: PaddleRec-style line-by-line reader, dygraph training"]
+    assert baseline[vs_recipe] == "2.0x"
+    infer = rows["infer.py (dygraph eval), warm cache"]
+    assert (infer[vs_base], infer[vs_recipe]) == ("5.0x", "")  # the recipe does not evaluate

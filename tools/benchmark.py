@@ -1,5 +1,6 @@
 """Throughput benchmark of the ESMM recipe: reader, compute-only steps, end-to-end training and
-inference, and PaddleRec's line-by-line Python reader as the baseline, all in one run.
+inference, and two baselines, all in one run: PaddleRec's line-by-line Python reader feeding our
+network, and PaddleRec's own recipe (`tools/paddlerec_recipe.py`: its reader, network and trainer).
 
     python tools/benchmark.py                       # 400k train rows, 3 runs each (~20 min)
     python tools/benchmark.py --rows 20000 --runs 1 # a quick look
@@ -60,6 +61,11 @@ QUALITY = [
 MEASUREMENTS = [
     ("baseline_train", "baseline: PaddleRec-style line-by-line reader, dygraph training", "wall"),
     ("baseline_eval", "baseline: same reader, dygraph evaluation", "wall"),
+    (
+        "paddlerec_train",
+        "PaddleRec's own ESMM recipe (reader, network, trainer), whole process",
+        "wall",
+    ),
     ("reader_cold", "reader: parse text + write cache (cold)", "probe"),
     ("reader_warm", "reader: memory-map cache + gather every shuffled batch (warm)", "probe"),
     ("compute_dygraph", "compute only: dygraph train_step on in-memory batches", "probe"),
@@ -268,9 +274,12 @@ def baseline(args, train: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- running
-def run_process(cmd: list[str], log_path: str) -> tuple[float, int, str]:
-    """Run `cmd`; returns (wall seconds, peak RSS in MB, its output). Raises on failure."""
+def run_process(cmd: list[str], log_path: str, unset=()) -> tuple[float, int, str]:
+    """Run `cmd` without the environment variables `unset`; returns (wall seconds, peak RSS in
+    MB, its output). Raises on failure."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
+    for name in unset:
+        env.pop(name, None)
     with open(log_path, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -356,6 +365,30 @@ class Bench:
             result["loop_rate"] = _last_number(r"; ([\d,]+) samples/s\)", text)
         self.record(key, result)
 
+    def run_paddlerec(self, run: int):
+        """tools/paddlerec_recipe.py on the training files, batch size and math threads of the
+        tools, in an environment without our MKL settings (PaddleRec's users do not have them)."""
+        a = self.args
+        key = "paddlerec_train"
+        threads = a.cpu_threads
+        if threads is None:
+            from paddle_rec_zoo.config import RunnerConfig
+
+            threads = RunnerConfig.cpu_threads
+        cmd = [sys.executable, os.path.join(TOOLS, "paddlerec_recipe.py")]
+        cmd += ["--data", os.path.join(a.workdir, "data", "train_data")]
+        cmd += ["--batch-size", str(a.batch_size), "--epochs", "1"]
+        cmd += ["--save", os.path.join(a.workdir, "out-paddlerec")]
+        cmd += ["--sparse-feature-number", str(self.meta["sparse_feature_number"])]
+        cmd += ["--cpu-threads", str(threads)]
+        load = load_avg()
+        log_path = os.path.join(self.logs, f"{key}-{run}.log")
+        wall, rss, text = run_process(cmd, log_path, unset=("MKL_DEBUG_CPU_TYPE",))
+        result = {"wall": wall, "rate": self.rows["train"] / wall, "rss_mb": rss}
+        result["load"] = max(load, load_avg())
+        result["loop_rate"] = _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
+        self.record(key, result)
+
     def run_all(self, only: set[str] | None):
         a = self.args
 
@@ -368,6 +401,8 @@ class Bench:
                 self.run_probe("baseline_train", "out-baseline", run)
             if want("baseline_eval"):
                 self.run_probe("baseline_eval", "out-baseline", run)
+            if want("paddlerec_train"):
+                self.run_paddlerec(run)
             if want("reader_cold"):
                 self.clear_cache()
                 self.run_probe("reader_cold", "out-reader", run)
@@ -486,12 +521,13 @@ class Bench:
         a = self.args
         base_train = self.median("baseline_train")
         base_eval = self.median("baseline_eval")
+        base_recipe = self.median("paddlerec_train")
         lines = [
             self.heading() + f" Inference batch {a.infer_batch_size}.",
             "",
             "| measurement | samples/s (median) | spread (min–max) | wall s | in-loop samples/s | "
-            "vs baseline | peak RSS MB | load avg |",
-            "|---|---|---|---|---|---|---|---|",
+            "vs baseline | vs PaddleRec recipe | peak RSS MB | load avg |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key, what, _ in MEASUREMENTS:
             runs = self.results.get(key)
@@ -502,6 +538,9 @@ class Bench:
             base = base_eval if "infer" in key or key == "baseline_eval" else base_train
             if base and not key.startswith(("reader", "compute")):
                 ratio = f"{statistics.median(rates) / base:.1f}x"
+            recipe = ""  # training rows only: the recipe trains, it does not evaluate
+            if base_recipe and key.startswith(("train", "baseline_train", "paddlerec")):
+                recipe = f"{statistics.median(rates) / base_recipe:.1f}x"
             loop = self.median(key, "loop_rate")
             compute = (
                 self.median("compute_" + key.split("_")[1]) if key.startswith("train") else None
@@ -513,7 +552,7 @@ class Bench:
             lines.append(
                 f"| {what} | {statistics.median(rates):,.0f} | "
                 f"{min(rates):,.0f}–{max(rates):,.0f} | {f'{wall:.1f}' if wall else ''} | "
-                f"{loop_text} | {ratio} | "
+                f"{loop_text} | {ratio} | {recipe} | "
                 f"{max(r['rss_mb'] for r in runs):,} | "
                 f"{min(r['load'] for r in runs):.1f}–{max(r['load'] for r in runs):.1f} |"
             )
