@@ -567,6 +567,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead: test AUCs after one epoch with each embedding optimizer",
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=10_000_000,
+        metavar="N",
+        help="instead: the scale rehearsal at N train impressions (default 10M), raw data to "
+        "test AUCs, and its projection to the full Ali-CCP (tools/bench_scale.py)",
+    )
     parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
     parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -576,6 +585,10 @@ def main(argv=None) -> int:
         result = probe(args)
         print(PROBE_TAG + json.dumps(result), flush=True)
         return 0
+    if args.scale:
+        import bench_scale
+
+        return bench_scale.main(args, argv if argv is not None else sys.argv[1:])
     keys = {k for k, _, _ in MEASUREMENTS}
     if args.only and not set(args.only) <= keys:
         parser.error(f"--only: unknown {sorted(set(args.only) - keys)}; choose from {sorted(keys)}")
