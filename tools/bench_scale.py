@@ -62,6 +62,11 @@ TRAIN_BYTES_PER_ROW = 16
 # concatenation and the exact AUC's sort (paddle_rec_zoo.loop.predict_dataset); peak measured
 # with tracemalloc over Collector + metrics.evaluate on 1M rows of ESMM outputs: 116 B.
 EVAL_BYTES_PER_ROW = 116
+# Copies of the embedding table (dim float32 a row) at the peak (doc/benchmarks.md, "Memory, and
+# how large a table fits"): training holds the table, lazy Adam's two moments and one array in
+# flight while the checkpoint is written; evaluation the live table and the one being loaded.
+TRAIN_TABLE_COPIES = 4
+EVAL_TABLE_COPIES = 2
 MB = 2**20
 
 # (key, stage, split whose rows it processes: train, test or all)
@@ -146,7 +151,7 @@ def bigdata_settings() -> dict:
 
 
 class Rehearsal:
-    def __init__(self, n: int, workdir: str):
+    def __init__(self, n: int, workdir: str, settings: dict | None = None):
         self.n = n
         self.dir = os.path.join(workdir, "scale")
         self.raw = os.path.join(self.dir, "raw")
@@ -155,7 +160,7 @@ class Rehearsal:
         self.logs = os.path.join(self.dir, "logs")
         self.results: dict[str, dict] = {}
         self.meta: dict = {}
-        settings = bigdata_settings()
+        settings = settings or bigdata_settings()
         self.batch_size = settings["batch_size"]
         self.dim = settings["dim"]
         self.width = settings["width"]
@@ -264,10 +269,10 @@ class Rehearsal:
 
         - conversion: the vocabulary (CONVERT_BYTES_PER_KEY a key) and the per-user arrays
           (CONVERT_BYTES_PER_COMMON_ROW a common-feature row, both splits);
-        - training: the embedding table and lazy Adam's two moments (dim x 4 B x 3 a row), the
+        - training: TRAIN_TABLE_COPIES of the embedding table (dim x 4 B a row each), the
           train users' layout ([users, width] int32, mapped from the cache, every row touched
           in a shuffled epoch) and the epoch's plan (TRAIN_BYTES_PER_ROW an impression);
-        - evaluation: the table (dim x 4 B a row), the test users' layout and the collected
+        - evaluation: EVAL_TABLE_COPIES of the table, the test users' layout and the collected
           predictions with the exact metrics (EVAL_BYTES_PER_ROW an impression).
         """
         if key == "generate":
@@ -280,10 +285,12 @@ class Rehearsal:
             grow = d_vocab * CONVERT_BYTES_PER_KEY
             grow += sum(d_common.values()) * CONVERT_BYTES_PER_COMMON_ROW
         elif key.startswith("train"):
-            grow = d_vocab * self.dim * 4 * 3 + d_common["train"] * self.width * 4
+            grow = d_vocab * self.dim * 4 * TRAIN_TABLE_COPIES
+            grow += d_common["train"] * self.width * 4
             grow += d_rows["train"] * TRAIN_BYTES_PER_ROW
         else:
-            grow = d_vocab * self.dim * 4 + d_common["test"] * self.width * 4
+            grow = d_vocab * self.dim * 4 * EVAL_TABLE_COPIES
+            grow += d_common["test"] * self.width * 4
             grow += d_rows["test"] * EVAL_BYTES_PER_ROW
         return round(self.results[key]["rss_mb"] + grow / MB)
 
