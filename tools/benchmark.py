@@ -4,6 +4,7 @@ inference, and PaddleRec's line-by-line Python reader as the baseline, all in on
     python tools/benchmark.py                       # 400k train rows, 3 runs each (~20 min)
     python tools/benchmark.py --rows 20000 --runs 1 # a quick look
     python tools/benchmark.py --update-doc          # also rewrite the table in doc/benchmarks.md
+    python tools/benchmark.py --scale               # raw data to test AUCs at 10M (bench_scale.py)
 
 Data comes from the project's synthetic generator (`datasets/ali-ccp/synthetic.py`, default
 preset, seed 1: real-length Ali-CCP lines, ~1.5 KB each), written once into `--workdir`.
