@@ -1,11 +1,13 @@
 """tools/benchmark.py runs end to end at a tiny size and writes its table (no timing checks)."""
 
 import ast
+import json
 import math
 import os
 import re
 import sys
 
+import bench_scale
 import benchmark  # tools/ is on the tests' path (pyproject.toml)
 import paddle
 import pytest
@@ -159,3 +161,86 @@ def test_table_gives_training_rows_against_both_baselines(tmp_path):
     assert baseline[vs_recipe] == "2.0x"
     infer = rows["infer.py (dygraph eval), warm cache"]
     assert (infer[vs_base], infer[vs_recipe]) == ("5.0x", "")  # the recipe does not evaluate
+
+
+def _rehearsal_with(tmp_path, results: dict, **meta):
+    """A scale rehearsal's report over given results (no stage is run)."""
+    settings = {"batch_size": 512, "dim": 12, "width": 69}
+    r = bench_scale.Rehearsal(1000, str(tmp_path), settings)
+    r.meta = {
+        "rows": {"train": 1_000_000, "test": 1_000_000},
+        "common_rows": {"train": 20_000, "test": 20_000},
+        "sparse_feature_number": 100_000,
+        **meta,
+    }
+    r.raw_bytes = 600_000_000
+    r.results = {k: {"load": 1.0, "disk_peak": 0, **v} for k, v in results.items()}
+    return r
+
+
+def test_scale_projection_is_linear_in_rows_and_adds_what_grows(tmp_path):
+    r = _rehearsal_with(
+        tmp_path,
+        {
+            "convert": {"wall": 100.0, "rss_mb": 200},
+            "train_static": {"wall": 60.0, "rss_mb": 500},
+            "infer_dygraph": {"wall": 10.0, "rss_mb": 400},
+        },
+    )
+    # 85.3M rows / 2M = 42.65x of 100 s; by bytes 27 GB / 0.6 GB = 45x
+    assert r.project_wall("convert", "all") == "71 min (75 min by raw bytes)"
+    assert r.project_wall("train_static", "train") == "42 min"  # 60 s x 42.3
+    assert r.project_wall("generate", "all").startswith("—")
+    assert r.full_vocab() == 4_230_000  # in proportion to the train rows
+    d_vocab = 4_130_000
+    train = d_vocab * 12 * 4 * 4 + (730_599 - 20_000) * 69 * 4 + 41_300_000 * 16
+    assert r.project_rss("train_static") == round(500 + train / 2**20)
+    test = d_vocab * 12 * 4 * 2 + (884_211 - 20_000) * 69 * 4 + 42_000_000 * 116
+    assert r.project_rss("infer_dygraph") == round(400 + test / 2**20)
+    assert r.project_rss("generate") is None
+    assert round(bench_scale.TEST_RATIO, 4) == 1.0165  # 43.0M / 42.3M, the real splits
+
+
+def test_scale_table_goes_between_its_own_markers_of_the_doc(tmp_path):
+    with open(benchmark.DOC) as f:
+        real = f.read()
+    assert real.count(bench_scale.BEGIN) == 1 and real.count(bench_scale.END) == 1
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(real)
+    cmd = "python tools/benchmark.py --scale 3000"
+    benchmark.update_doc("| new scale table |\n", cmd, str(doc), bench_scale.BEGIN, bench_scale.END)
+    text = doc.read_text()
+    head, rest = real.split(bench_scale.BEGIN)
+    assert text.startswith(head) and text.endswith(rest.split(bench_scale.END, 1)[1])
+    block = text.split(bench_scale.BEGIN)[1].split(bench_scale.END)[0]
+    assert "| new scale table |" in block and f"`{cmd}`" in block
+    assert text.count(benchmark.TABLE_BEGIN) == 1  # the throughput table untouched
+
+
+@pytest.mark.slow
+def test_scale_rehearsal_runs_every_stage_and_leaves_the_doc_alone(tmp_path):
+    with open(benchmark.DOC, "rb") as f:
+        doc_before = f.read()
+    table = tmp_path / "table.md"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--scale", "3000"]
+    cmd += ["--workdir", str(tmp_path / "w"), "--table", str(table)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = run_group(cmd, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = table.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(bench_scale.STAGES) + 1  # and the header
+    for (_, what, _), row in zip(bench_scale.STAGES, rows[1:], strict=True):
+        assert row.startswith(f"| {what} | ")
+    assert "3,000 train / 3,050 test impressions" in text
+    assert "Projection to the full Ali-CCP" in text and "Disk: raw" in text
+    with open(tmp_path / "w" / "scale" / "results.json") as f:
+        results = json.load(f)["results"]
+    assert set(results) == {key for key, _, _ in bench_scale.STAGES}
+    for key, r in results.items():
+        assert r["wall"] > 0 and r["rss_mb"] > 0, key
+    for key in ("infer_inference", "infer_dygraph"):  # the AUCs each evaluation printed
+        assert len(results[key]["auc"]) == 3 and all(0 <= a <= 1 for a in results[key]["auc"])
+    assert results["train_static"]["loop_rate"] > 0
+    with open(benchmark.DOC, "rb") as f:
+        assert f.read() == doc_before  # no --update-doc, no change

@@ -5,6 +5,7 @@ network, and PaddleRec's own recipe (`tools/paddlerec_recipe.py`: its reader, ne
     python tools/benchmark.py                       # 400k train rows, 3 runs each (~20 min)
     python tools/benchmark.py --rows 20000 --runs 1 # a quick look
     python tools/benchmark.py --update-doc          # also rewrite the table in doc/benchmarks.md
+    python tools/benchmark.py --scale               # raw data to test AUCs at 10M (bench_scale.py)
 
 Data comes from the project's synthetic generator (`datasets/ali-ccp/synthetic.py`, default
 preset, seed 1: real-length Ali-CCP lines, ~1.5 KB each), written once into `--workdir`.
@@ -606,6 +607,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="instead: test AUCs after one epoch with each embedding optimizer",
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=10_000_000,
+        metavar="N",
+        help="instead: the scale rehearsal at N train impressions (default 10M), raw data to "
+        "test AUCs, and its projection to the full Ali-CCP (tools/bench_scale.py)",
+    )
     parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
     parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -615,6 +625,10 @@ def main(argv=None) -> int:
         result = probe(args)
         print(PROBE_TAG + json.dumps(result), flush=True)
         return 0
+    if args.scale:
+        import bench_scale
+
+        return bench_scale.main(args, argv if argv is not None else sys.argv[1:])
     keys = {k for k, _, _ in MEASUREMENTS}
     if args.only and not set(args.only) <= keys:
         parser.error(f"--only: unknown {sorted(set(args.only) - keys)}; choose from {sorted(keys)}")
