@@ -221,7 +221,7 @@ def test_the_static_program_has_no_dense_table_gradient_or_update():
     assert "pd_op.adam_" in ops  # the dense layers' Adam
     # the embedding op's gradient is of the batch's rows [U, D], never of the table
     grads = [shape for name, shape in shapes if name == "pd_op.embedding_grad"]
-    assert grads == [[-1, 12]], grads
+    assert grads and all(shape == [-1, 12] for shape in grads), grads
     assert ops.count("pd_op.scatter_") == 3  # table, moment1, moment2: in place
     full = [name for name, shape in shapes if shape[:1] == [500]]
     assert all(name == "pd_op.scatter_" for name in full), (table, full)  # nothing else is O(rows)

@@ -86,7 +86,7 @@ class ESMMLayer(MultiTaskModel):
 
     def pooled_features(self, ids):
         """[B, width] ids -> [B, F * D] pooled embeddings of the (first) input."""
-        pooled, _ = self.inputs[0].pooled(ids)
+        pooled = self.inputs[0].pooled(ids)
         return pooled.reshape([-1, pooled.shape[1] * pooled.shape[2]])
 
     def forward(self, ids):
