@@ -173,7 +173,7 @@ def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_pat
     assert {n for n, _ in reads} == {row}
     assert sorted(offset // row for _, offset in reads[: len(ds)]) == list(range(len(ds)))
     for a, b in zip(mapped, read, strict=True):
-        for x, y in zip(a, b, strict=True):
+        for x, y in zip(a[:3], b[:3], strict=True):  # ids, labels, sample_id (no rows here)
             np.testing.assert_array_equal(x, y)
             assert x.dtype == y.dtype
 
