@@ -23,6 +23,19 @@ def math_threads(requested: int) -> int:
     return max(1, usable_cores() // max(local_ranks, 1))
 
 
+def serial_executor(threads: int) -> bool:
+    """Whether the static executor runs every kernel on the calling thread.
+
+    On its own worker threads the kernels ignore the math-thread setting (with 2 threads:
+    31k -> 41k samples/s compute-only when run serially; doc/benchmarks.md), so several
+    threads, or several ranks sharing this machine's cores, run serially. With one thread
+    and one process the executor's own scheduling is faster here (static_trainer.py, 400k
+    rows, medians of 3 and 4 runs: 80k vs 58k and 51k vs 46k samples/s on a 2-core AMD EPYC):
+    it runs independent ops, such as the two towers, on the otherwise idle core."""
+    local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
+    return threads > 1 or local_ranks > 1
+
+
 def setup(config, static: bool = False):
     """Select the device, seed every generator; returns the Place for static executors."""
     r = config.runner
@@ -39,12 +52,10 @@ def setup(config, static: bool = False):
     else:
         paddle.set_device("cpu")
         place = paddle.CPUPlace()
-        paddle.base.core.set_num_threads(math_threads(r.cpu_threads))
+        threads = math_threads(r.cpu_threads)
+        paddle.base.core.set_num_threads(threads)
         if static:
-            # Run the static program's kernels on this thread, whose math-thread setting they
-            # then follow; on the executor's own worker threads they ignored it (2 threads:
-            # 31k -> 41k samples/s compute-only here, 1 thread unchanged; doc/benchmarks.md).
-            paddle.set_flags({"FLAGS_new_executor_serial_run": True})
+            paddle.set_flags({"FLAGS_new_executor_serial_run": serial_executor(threads)})
     random.seed(r.seed)
     np.random.seed(r.seed)
     paddle.seed(r.seed)
