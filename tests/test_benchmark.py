@@ -121,20 +121,29 @@ def test_paddlerec_recipe_runs_on_the_tools_data_and_threads_without_mkl_setting
     bench = benchmark.Bench(args, {**meta, "sparse_feature_number": 777})
     calls = []
 
-    def fake_run(cmd, log_path, unset=()):
-        calls.append((cmd, set(unset)))
+    def fake_run(cmd, log_path, env_extra=None):
+        calls.append((cmd, env_extra or {}))
         return 2.0, 300, "epoch 0 done in 1.5s (2,560 samples/s); 3,584 samples, loss 0.5\n"
 
     monkeypatch.setattr(benchmark, "run_process", fake_run)
     bench.run_paddlerec(0)
-    ((cmd, unset),) = calls
-    assert cmd[1].endswith("paddlerec_recipe.py") and "MKL_DEBUG_CPU_TYPE" in unset
+    ((cmd, env),) = calls
+    assert cmd[1].endswith("paddlerec_recipe.py") and "MKL_DEBUG_CPU_TYPE" not in env
     flags = dict(zip(cmd[2::2], cmd[3::2], strict=True))  # every flag has a value
     assert flags["--data"] == os.path.join(str(tmp_path), "data", "train_data")
     assert flags["--batch-size"] == "512" and flags["--epochs"] == "1"
     assert flags["--cpu-threads"] == "2" and flags["--sparse-feature-number"] == "777"
     (result,) = bench.results["paddlerec_train"]
     assert result["rate"] == 2000.0 and result["loop_rate"] == 2560.0  # rows / whole process
+
+
+def test_runs_measure_the_tools_own_kernel_choice_unless_a_row_sets_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "5")  # the benchmark user's own setting
+    show = [sys.executable, "-c", "import os; print(os.environ.get('MKL_DEBUG_CPU_TYPE'))"]
+    _, _, text = benchmark.run_process(show, str(tmp_path / "a.log"))
+    assert text.strip() == "None"
+    _, _, text = benchmark.run_process(show, str(tmp_path / "b.log"), {"MKL_DEBUG_CPU_TYPE": "7"})
+    assert text.strip() == "7"
 
 
 def test_table_gives_training_rows_against_both_baselines(tmp_path):

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+from paddle_rec_zoo import cpu_math  # imports no Paddle
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 MODEL_DIR = os.path.join(ROOT, "models", "multitask", "esmm")
@@ -40,6 +42,7 @@ DOC = os.path.join(ROOT, "doc", "benchmarks.md")
 TABLE_BEGIN = "<!-- benchmark table: begin (written by tools/benchmark.py --update-doc) -->"
 TABLE_END = "<!-- benchmark table: end -->"
 PROBE_TAG = "BENCH-RESULT "
+MKL_ENV = cpu_math.MKL_ENV
 VOCAB_BEGIN = (
     "<!-- vocabulary table: begin (written by tools/benchmark.py --vocab ... --update-doc) -->"
 )
@@ -75,6 +78,22 @@ MEASUREMENTS = [
     ("train_dygraph_warm", "trainer.py, 1 epoch, warm cache", "wall"),
     ("train_static_cold", "static_trainer.py, 1 epoch, cold cache", "wall"),
     ("train_static_warm", "static_trainer.py, 1 epoch, warm cache", "wall"),
+    # runner.cpu_math: what a user's own MKL setting adds, and what the automatic one bought
+    ("train_dygraph_warm_mkl5", "trainer.py, warm, the user sets MKL_DEBUG_CPU_TYPE=5", "wall"),
+    (
+        "train_static_warm_mkl5",
+        "static_trainer.py, warm, the user sets MKL_DEBUG_CPU_TYPE=5",
+        "wall",
+    ),
+    ("train_dygraph_warm_generic", "trainer.py, warm, runner.cpu_math=default", "wall"),
+    ("train_static_warm_generic", "static_trainer.py, warm, runner.cpu_math=default", "wall"),
+    # --before DIR: the same tools from another checkout (e.g. before an optimisation)
+    ("train_dygraph_before", "trainer.py of --before, warm (its own code and config)", "wall"),
+    (
+        "train_static_before",
+        "static_trainer.py of --before, warm (its own code and config)",
+        "wall",
+    ),
     ("compute_inference", "compute only: Paddle Inference predict on in-memory batches", "probe"),
     ("infer_inference_cold", "static_infer.py use_inference, cold cache", "wall"),
     ("infer_inference_warm", "static_infer.py use_inference, warm cache", "wall"),
@@ -264,15 +283,19 @@ def baseline(args, train: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- running
-def run_process(cmd: list[str], log_path: str, unset=()) -> tuple[float, int, str]:
-    """Run `cmd` without the environment variables `unset`; returns (wall seconds, peak RSS in
-    MB, its output). Raises on failure."""
+def run_process(
+    cmd: list[str], log_path: str, env_extra=None, cwd: str = ROOT
+) -> tuple[float, int, str]:
+    """Run `cmd` with `env_extra` in its environment; returns (wall seconds, peak RSS in MB, its
+    output). Raises on failure."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
-    for name in unset:
+    # every row measures the tools' own choice of MKL kernels, unless env_extra sets one
+    for name in (MKL_ENV, cpu_math.OWN_ENV):
         env.pop(name, None)
+    env.update(env_extra or {})
     with open(log_path, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -340,12 +363,19 @@ class Bench:
             result["wall"] = wall
         self.record(key, result)
 
-    def run_tool(self, key: str, tool: str, save: str, run: int, extra=()):
+    def run_tool(
+        self, key: str, tool: str, save: str, run: int, extra=(), env=None, code: str = ROOT
+    ):
+        """`code`: the checkout whose tools, package and ESMM config run (its own process
+        environment: no MKL setting of ours, its package first on the path)."""
         log_path = os.path.join(self.logs, f"{key}-{run}.log")
         load = load_avg()
-        cmd = [sys.executable, os.path.join(TOOLS, f"{tool}.py"), "-m", CONFIG]
+        config = os.path.join(code, os.path.relpath(CONFIG, ROOT))
+        cmd = [sys.executable, os.path.join(code, "tools", f"{tool}.py"), "-m", config]
         cmd += ["-o", *self.opts(save), *extra]
-        wall, rss, text = run_process(cmd, log_path)
+        if code != ROOT:
+            env = {**(env or {}), "PYTHONPATH": code}
+        wall, rss, text = run_process(cmd, log_path, env_extra=env, cwd=code)
         split = "train" if "trainer" in tool else "test"
         result = {"wall": wall, "rate": self.rows[split] / wall, "rss_mb": rss}
         result["load"] = max(load, load_avg())
@@ -373,7 +403,7 @@ class Bench:
         cmd += ["--cpu-threads", str(threads)]
         load = load_avg()
         log_path = os.path.join(self.logs, f"{key}-{run}.log")
-        wall, rss, text = run_process(cmd, log_path, unset=("MKL_DEBUG_CPU_TYPE",))
+        wall, rss, text = run_process(cmd, log_path)  # no MKL setting
         result = {"wall": wall, "rate": self.rows["train"] / wall, "rss_mb": rss}
         result["load"] = max(load, load_avg())
         result["loop_rate"] = _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
@@ -406,6 +436,15 @@ class Bench:
                     self.run_tool(f"train_{engine}_cold", tool, f"out-{engine}", run)
                 if want(f"train_{engine}_warm"):
                     self.run_tool(f"train_{engine}_warm", tool, f"out-{engine}", run)
+                save = f"out-{engine}-variants"
+                if want(f"train_{engine}_warm_mkl5"):
+                    mkl5 = {MKL_ENV: "5"}
+                    self.run_tool(f"train_{engine}_warm_mkl5", tool, save, run, env=mkl5)
+                if want(f"train_{engine}_warm_generic"):
+                    generic = ["runner.cpu_math=default"]
+                    self.run_tool(f"train_{engine}_warm_generic", tool, save, run, generic)
+                if a.before and want(f"train_{engine}_before"):
+                    self.run_tool(f"train_{engine}_before", tool, save, run, code=a.before)
             infer = ["runner.use_inference=True"]
             if want("compute_inference"):
                 self.run_probe("compute_inference", "out-static", run)
@@ -583,6 +622,12 @@ def main(argv=None) -> int:
         "--workdir", default=os.path.join(tempfile.gettempdir(), "paddle-rec-bench")
     )
     parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these measurements")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="also run trainer.py and static_trainer.py of another checkout (e.g. a git worktree "
+        "of an older commit), with its own package and ESMM config, in the same runs",
+    )
     parser.add_argument(
         "--vocab",
         nargs="+",
