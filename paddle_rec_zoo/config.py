@@ -88,9 +88,9 @@ class RunnerConfig:
     use_inference: bool = False  # static_infer: evaluate the exported Paddle Inference model
     cache_dir: str = path_field()  # parsed-data cache; "" = ~/.cache/paddle-rec-zoo
     use_cache: bool = True
-    # math-library threads on the CPU; 0 = all usable cores (shared among the Fleet ranks of this
-    # machine). 1 by default: on the 2-core AMD machine two threads made dygraph training 2.7x
-    # slower, on the 2-core Intel one 1.4x faster; measure yours (doc/benchmarks.md)
+    # math-library threads of the training step; 0 = all usable cores (shared among the Fleet
+    # ranks of this machine). 1 by default: the other core prepares the next batch, and two math
+    # threads trained no faster on the 2-core AMD machine (doc/benchmarks.md, "Threads")
     cpu_threads: int = 1
     # math threads of the Paddle Inference predictor (static_infer.py use_inference); 0 = as
     # cpu_threads' 0 (1.5x with 2 threads than with 1 here)

@@ -4,6 +4,7 @@ import pytest
 from conftest import esmm_config, esmm_module
 
 from paddle_rec_zoo import optim
+from paddle_rec_zoo.layers import Linear
 
 
 def small_config(*extra):
@@ -98,3 +99,21 @@ def test_loss_is_finite_when_pctcvr_underflows():
     loss, _ = esmm_loss([(-60.0, -60.0), (-60.0, -60.0)], [1, 0], [1, 0])
     # ctr: mean(60, ~0) = 30; ctcvr: log pctcvr = -120 exactly, mean(120, ~0) = 60
     assert float(loss) == pytest.approx(90.0, rel=1e-4)
+
+
+def test_linear_adds_its_bias_as_a_product_in_training_with_nn_linears_values_and_gradients():
+    paddle.seed(3)
+    ours = Linear(7, 5)
+    plain = paddle.nn.Linear(7, 5)
+    plain.set_state_dict(ours.state_dict())
+    x = np.random.default_rng(0).normal(size=(9, 7)).astype(np.float32)
+    for layer in (ours, plain):
+        layer.train()
+        out = layer(paddle.to_tensor(x))
+        (out * out).sum().backward()
+    np.testing.assert_allclose(
+        ours(paddle.to_tensor(x)).numpy(), plain(paddle.to_tensor(x)).numpy(), rtol=1e-6
+    )
+    np.testing.assert_allclose(ours.bias.grad.numpy(), plain.bias.grad.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.weight.grad.numpy(), plain.weight.grad.numpy(), rtol=1e-5)
+    assert list(ours.state_dict()) == ["weight", "bias"]  # checkpoints as nn.Linear's

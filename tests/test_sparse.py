@@ -10,6 +10,7 @@ from test_parity import assert_same_losses_in_both_engines
 
 from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.features import FeatureInput
 from paddle_rec_zoo.sparse import (
     ROW_OPTIMIZERS,
     RowLookup,
@@ -265,3 +266,23 @@ def test_optimizer_slots_and_schedule_survive_a_checkpoint(tmp_path):
 def test_embedding_optimizer_config_mistakes(setting, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace(")", r"\)")):
         esmm_config(f"hyper_parameters.embedding_optimizer={setting}")
+
+
+def test_a_training_forward_on_local_ids_pools_what_evaluation_pools_on_global_ids():
+    """Ragged fields (per-field max_len), mean and sum pooling: the row batch changes the ids a
+    training forward sees, not the pooled embeddings."""
+    cfg = opts(
+        "lazy_adam",
+        "hyper_parameters.pooling=mean",
+        "hyper_parameters.field_options={'109_14': {max_len: 5}, '301': {pooling: sum}}",
+    )
+    paddle.seed(5)
+    features = FeatureInput(cfg.hyper_parameters)
+    batch = batch_of(cfg, n=16, seed=7)
+    features.eval()
+    want = features.pooled(paddle.to_tensor(batch.ids)).numpy()
+    rows = row_batch(batch.ids)
+    features.train()
+    set_row_ids(features, paddle.to_tensor(rows.uniq))
+    got = features.pooled(paddle.to_tensor(rows.local)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
