@@ -432,3 +432,23 @@ def test_zoo_measures_every_model_of_either_tree(tmp_path):
                 assert cells[4].endswith("x")  # after / before
             else:
                 assert cells[2] == "—" and cells[4] == ""  # not in the old tree
+
+
+def test_profile_and_zoo_tables_go_between_their_own_markers_of_the_doc(tmp_path):
+    with open(benchmark.DOC) as f:
+        original = f.read()
+    for begin, end in (
+        (bench_profile.PROFILE_BEGIN, bench_profile.PROFILE_END),
+        (bench_profile.ZOO_BEGIN, bench_profile.ZOO_END),
+    ):
+        assert original.count(begin) == 1 and original.count(end) == 1
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(original)
+    begin, end = bench_profile.PROFILE_BEGIN, bench_profile.PROFILE_END
+    benchmark.update_doc(
+        "| new profile |\n", "python tools/benchmark.py --profile", str(doc), begin, end
+    )
+    text = doc.read_text()
+    assert text.count("| new profile |") == 1
+    assert text.split(begin)[0] == original.split(begin)[0]  # the rest untouched
+    assert text.split(end)[1] == original.split(end)[1]
