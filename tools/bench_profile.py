@@ -394,7 +394,8 @@ def probe(args) -> dict:
     regions = _Regions()
     regions.install(engine, static)
     regions.wrap(metrics, "update", "metrics")
-    prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU])
+    # on_trace_ready: not Paddle's default, which writes ./profiler_log/ on stop()
+    prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], on_trace_ready=lambda _: None)
     prof.start()
     for batch in batches[args.warmup :]:
         regions.begin(STEP)
@@ -467,7 +468,8 @@ def code_trees(code: list[str] | None) -> list[str]:
 
 
 def label(tree: str) -> str:
-    """A tree's commit (`*` if it has uncommitted changes), or its folder's name."""
+    """A tree's commit (`*` if its measured code, the package and the models, has uncommitted
+    changes), or its folder's name."""
     try:
         commit = subprocess.run(
             ["git", "-C", tree, "rev-parse", "--short", "HEAD"],
@@ -476,7 +478,7 @@ def label(tree: str) -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", tree, "status", "--porcelain", "--", "paddle_rec_zoo", "models"],
             capture_output=True,
             text=True,
             check=True,
