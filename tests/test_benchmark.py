@@ -5,13 +5,15 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 
+import bench_profile
 import bench_scale
 import benchmark  # tools/ is on the tests' path (pyproject.toml)
 import paddle
 import pytest
-from conftest import ROOT, run_group
+from conftest import ROOT, ZOO, run_group
 
 
 def test_update_doc_replaces_only_the_table(tmp_path):
@@ -253,3 +255,205 @@ def test_scale_rehearsal_runs_every_stage_and_leaves_the_doc_alone(tmp_path):
     assert results["train_static"]["loop_rate"] > 0
     with open(benchmark.DOC, "rb") as f:
         assert f.read() == doc_before  # no --update-doc, no change
+
+
+def _op(name, ts, dur, cat="Operator"):
+    return {"name": f"{name}[{dur} us]", "cat": cat, "ph": "X", "ts": ts, "dur": dur, "tid": 1}
+
+
+def _region(name, ts, dur):
+    return _op(name, ts, dur, cat="PythonUserDefined")
+
+
+def test_op_names_are_the_same_in_both_engines():
+    names = {
+        "matmul dygraph[1.2 ms]": "matmul",
+        "pd_op.matmul": "matmul",
+        "Global_MatmulGradNode[3 us]": "matmul_grad",
+        "pd_op.matmul_grad": "matmul_grad",
+        "Global_AddNGradNodeFinal": "add_n_grad",
+        "Global_SigmoidCrossEntropyWithLogitsGradNode": "sigmoid_cross_entropy_with_logits_grad",
+        "pd_op.sigmoid_cross_entropy_with_logits_grad_": "sigmoid_cross_entropy_with_logits_grad",
+        "pd_op.relu_grad_": "relu_grad",
+        "adam_ dygraph": "adam",
+        "Global_GradNodeAccumulation[1 us]": "grad_accumulation",
+        "builtin_combine_instruction": "builtin_combine",
+    }
+    assert {k: bench_profile.op_name(k) for k in names} == names
+
+
+def test_profile_attributes_a_dygraph_step_by_its_host_regions_and_backward_ops():
+    events = [
+        _region("step", 0, 1000),
+        _region("part:feeding", 10, 20),
+        _region("part:loss_fwd", 40, 360),  # the network, holding the input and the towers
+        _region("part:lookup_fwd", 50, 100),
+        _op("embedding dygraph", 60, 40),  # inside a region: timed by the region
+        _region("part:towers_fwd", 160, 200),
+        _op("matmul dygraph", 170, 130),
+        # backward, outside regions: by name, else by position around the matmul_grads
+        _op("Global_SigmoidCrossEntropyWithLogitsGradNode", 410, 10),  # named: loss
+        _op("Global_AddGradNode", 420, 10),  # before the towers: loss
+        _op("Global_MatmulGradNode", 430, 170),
+        _op("Global_ReluGradNode", 600, 20),
+        _op("Global_MatmulGradNode", 625, 75),
+        _op("Global_UnsqueezeGradNode", 700, 5),  # named: the towers' bias
+        _op("Global_MultiplyGradNode", 705, 5),  # after the towers: lookup & pooling
+        _op("Global_EmbeddingGradNode", 710, 40),
+        _op("Global_GradNodeAccumulation", 750, 2),  # a leaf's gradient: small ops
+        _region("part:optimizer", 760, 40),
+        _op("adam_ dygraph", 765, 30),
+        _region("part:row_update", 800, 50),
+        _region("part:metrics", 860, 40),
+    ]
+    out = bench_profile.attribute(events)
+    parts = {k: round(v * 1e3, 6) for k, v in out["parts"].items()}  # back to us
+    assert parts == {
+        "feeding": 20,
+        "lookup_fwd": 100,
+        "towers_fwd": 200,
+        "loss_fwd": 60,  # the network's own 360 minus its input's and towers'
+        "loss_bwd": 20,
+        "towers_bwd": 270,
+        "lookup_bwd": 45,
+        "optimizer": 40,
+        "row_update": 50,
+        "small_ops": 2,
+        "metrics": 40,
+        "overhead": 1000 - 20 - 360 - 20 - 270 - 45 - 2 - 40 - 50 - 40,
+    }
+    assert out["steps"] == 1 and out["step_ms"] == 1.0
+    assert out["ops"]["lookup_fwd"] == {"embedding": 0.04}  # an op of the region, for display
+    assert out["ops"]["towers_bwd"] == {
+        "matmul_grad": 0.245,
+        "relu_grad": 0.02,
+        "unsqueeze_grad": 0.005,
+    }
+    assert set(out["regions"]) == {
+        "feeding", "loss_fwd", "lookup_fwd", "towers_fwd", "optimizer", "row_update", "metrics"
+    }  # fmt: skip
+
+
+def test_profile_attributes_a_static_program_by_op_name_and_position():
+    ops = [
+        ("pd_op.gather", 10, "lookup_fwd"),  # before the first matmul
+        ("pd_op.embedding", 10, "lookup_fwd"),
+        ("pd_op.add_n", 10, "lookup_fwd"),
+        ("pd_op.full", 10, "small_ops"),
+        ("pd_op.matmul", 10, "towers_fwd"),
+        ("pd_op.add", 10, "towers_fwd"),  # between the matmuls
+        ("pd_op.sigmoid", 10, "loss_fwd"),  # between them too, but named
+        ("pd_op.matmul", 10, "towers_fwd"),
+        ("pd_op.add", 10, "loss_fwd"),  # after the last matmul
+        ("pd_op.mean_all", 10, "loss_fwd"),
+        ("pd_op.mean_all_grad", 10, "loss_bwd"),  # the first gradient op: backward
+        ("pd_op.add_grad", 10, "loss_bwd"),
+        ("pd_op.matmul_grad", 10, "towers_bwd"),
+        ("pd_op.relu_grad_", 10, "towers_bwd"),
+        ("pd_op.matmul_grad", 10, "towers_bwd"),
+        ("pd_op.unsqueeze_grad_", 10, "towers_bwd"),
+        ("pd_op.add_n", 10, "lookup_bwd"),  # a gradient sum after the towers
+        ("pd_op.embedding_grad", 10, "lookup_bwd"),
+        ("pd_op.adam_", 10, "optimizer"),  # the first optimizer op: update
+        ("pd_op.scale", 10, "row_update"),
+        ("pd_op.scatter_", 10, "row_update"),
+        ("pd_op.fetch", 10, "small_ops"),
+    ]
+    events = [_region("step", 0, 400), _region("part:feeding", 1, 9)]
+    expected = dict.fromkeys(dict(bench_profile.PARTS), 0)
+    for i, (name, dur, part) in enumerate(ops):
+        events.append(_op(name, 10 + i * 15, dur))
+        expected[part] += dur
+    events.append(_op("pd_op.inner", 71, 2))  # nested in the first matmul: not counted again
+    expected["feeding"] = 9
+    expected["overhead"] = 400 - 9 - 10 * len(ops)
+    out = bench_profile.attribute(events)
+    assert {k: round(v * 1e3, 6) for k, v in out["parts"].items()} == expected
+    assert out["regions"] == ["feeding"]
+
+
+def test_profile_and_zoo_probes_run_without_the_mkl_setting_unless_asked():
+    """run_process removes MKL settings (test above); a probe adds only its tree and --env."""
+    env = bench_profile.probe_env("/some/tree", ["OMP_NUM_THREADS=1"])
+    assert env == {"PYTHONPATH": "/some/tree", "OMP_NUM_THREADS": "1"}
+    assert bench_profile.probe_env("/t", ["MKL_DEBUG_CPU_TYPE=7"])["MKL_DEBUG_CPU_TYPE"] == "7"
+    assert bench_profile.code_trees(None) == [ROOT]
+    assert bench_profile.code_trees([ROOT + "/tests/.."])[-1] == ROOT  # NEW: this repository
+
+
+def _copy_tree(dest, models=("esmm",)):
+    """A tree like an older checkout: the package and some model folders (not a git checkout)."""
+    shutil.copytree(os.path.join(ROOT, "paddle_rec_zoo"), dest / "paddle_rec_zoo")
+    for model in models:
+        source = os.path.join(ROOT, "models", "multitask", model)
+        shutil.copytree(
+            source,
+            dest / "models" / "multitask" / model,
+            ignore=shutil.ignore_patterns("data", "*.png", "__pycache__"),
+        )
+    return dest
+
+
+def _run_bench(tmp_path, *flags):
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), *flags]
+    cmd += ["--rows", "3000", "--steps", "5", "--runs", "1", "--workdir", str(tmp_path / "w")]
+    cmd += ["--table", str(tmp_path / "table.md")]
+    proc = run_group(cmd, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.slow
+def test_profile_measures_both_trees_and_writes_a_table_per_engine(tmp_path):
+    old = _copy_tree(tmp_path / "old")
+    text = _run_bench(tmp_path, "--profile", "--code", str(old))
+    assert "**dygraph**" in text and "**static**" in text
+    assert "| old: ms/step | share |" in text  # the copy, by its folder's name
+    for _, what in bench_profile.PARTS:
+        assert text.count(f"| {what} |") == 2  # a row per engine
+    steps = re.findall(
+        r"\| \*\*step, profiled\*\* \| \*\*([\d.]+)\*\* \| 100% \| \*\*([\d.]+)", text
+    )
+    assert len(steps) == 2 and all(float(x) > 0 for pair in steps for x in pair)
+    assert text.count("after / before: ") == 2
+    results = json.loads((tmp_path / "w" / "profile" / "profile.json").read_text())
+    run = results["profile-esmm-dygraph-1"][0]
+    assert run["steps"] == 5 and run["prepare_ms"] > 0
+    assert sum(run["parts"].values()) == pytest.approx(run["step_ms"])  # the parts make the step
+
+
+@pytest.mark.slow
+def test_zoo_measures_every_model_of_either_tree(tmp_path):
+    old = _copy_tree(tmp_path / "old", models=("esmm", "mmoe"))
+    text = _run_bench(tmp_path, "--zoo", "--code", str(old))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| model | engine | samples/s old | samples/s ")
+    assert len(rows) == 1 + 2 * len(ZOO)  # every model of this tree, both engines
+    for model in ZOO:
+        for engine in ("dygraph", "static"):
+            (row,) = [r for r in rows if r.startswith(f"| {model} | {engine} |")]
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            if model in ("esmm", "mmoe"):
+                assert cells[4].endswith("x")  # after / before
+            else:
+                assert cells[2] == "—" and cells[4] == ""  # not in the old tree
+
+
+def test_profile_and_zoo_tables_go_between_their_own_markers_of_the_doc(tmp_path):
+    with open(benchmark.DOC) as f:
+        original = f.read()
+    for begin, end in (
+        (bench_profile.PROFILE_BEGIN, bench_profile.PROFILE_END),
+        (bench_profile.ZOO_BEGIN, bench_profile.ZOO_END),
+    ):
+        assert original.count(begin) == 1 and original.count(end) == 1
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(original)
+    begin, end = bench_profile.PROFILE_BEGIN, bench_profile.PROFILE_END
+    benchmark.update_doc(
+        "| new profile |\n", "python tools/benchmark.py --profile", str(doc), begin, end
+    )
+    text = doc.read_text()
+    assert text.count("| new profile |") == 1
+    assert text.split(begin)[0] == original.split(begin)[0]  # the rest untouched
+    assert text.split(end)[1] == original.split(end)[1]

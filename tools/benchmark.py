@@ -6,6 +6,7 @@ network, and PaddleRec's own recipe (`tools/paddlerec_recipe.py`: its reader, ne
     python tools/benchmark.py --rows 20000 --runs 1 # a quick look
     python tools/benchmark.py --update-doc          # also rewrite the table in doc/benchmarks.md
     python tools/benchmark.py --scale               # raw data to test AUCs at 10M (bench_scale.py)
+    python tools/benchmark.py --profile --code OLD  # time per part of a step (bench_profile.py)
 
 Data comes from the project's synthetic generator (`datasets/ali-ccp/synthetic.py`, default
 preset, seed 1: real-length Ali-CCP lines, ~1.5 KB each), written once into `--workdir`.
@@ -167,15 +168,17 @@ def overrides(args, meta: dict, save: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- probes
-def _probe_setup(args, static: bool = False):
-    """Config, reader and datasets as the CLIs build them (inside a probe process)."""
+def _probe_setup(args, static: bool = False, model_dir: str = MODEL_DIR):
+    """Config, reader and datasets as the CLIs build them (inside a probe process), from
+    `model_dir`'s config.yaml."""
     from paddle_rec_zoo import runtime
     from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.model_loader import load_model_module, reader_class
 
-    adapter = load_model_module(MODEL_DIR, "static_model" if static else "dygraph_model")
+    adapter = load_model_module(model_dir, "static_model" if static else "dygraph_model")
     cls = adapter.StaticModel if static else adapter.DygraphModel
-    config = load_config(CONFIG, args.opts, cls.hyper_parameters_class)
+    config_path = os.path.join(model_dir, "config.yaml")
+    config = load_config(config_path, args.opts, cls.hyper_parameters_class)
     reader = reader_class(config)(config)
     place = runtime.setup(config, static=static)
     return adapter, config, reader, place
@@ -617,7 +620,11 @@ def main(argv=None) -> int:
         type=int,
         help="runner.cpu_threads for every measurement, the baseline included (default: config)",
     )
-    parser.add_argument("--steps", type=int, default=200, help="batches of compute-only probes")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="batches of compute-only probes (default 200; --profile and --zoo: 100)",
+    )
     parser.add_argument(
         "--workdir", default=os.path.join(tempfile.gettempdir(), "paddle-rec-bench")
     )
@@ -652,9 +659,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
     parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
+    import bench_profile  # tools/ is on the path
+
+    bench_profile.add_arguments(parser)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--opts", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.steps is None:
+        args.steps = 100 if args.profile or args.zoo else 200
+    if args.profile or args.zoo:
+        return bench_profile.main(args, argv if argv is not None else sys.argv[1:])
     if args.probe:
         result = probe(args)
         print(PROBE_TAG + json.dumps(result), flush=True)
