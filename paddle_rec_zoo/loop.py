@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddle_rec_zoo import checkpoint, signals, warm_start
+from paddle_rec_zoo import checkpoint, plot, signals, warm_start
 from paddle_rec_zoo.data import Dataset, default_cache_dir, list_data_files
 from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.metrics import Collector, TrainMetrics, fmt
 from paddle_rec_zoo.metrics import evaluate as evaluate_metrics
-from paddle_rec_zoo.plot import plot_curves
 from paddle_rec_zoo.progress import log, progress, set_postfix
 
 METRICS_FILE = "metrics.jsonl"
@@ -73,6 +72,8 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     checkpoint (`signals.Interrupted`). Returns log records."""
     r = config.runner
     world = world or World()
+    if world.is_main:  # the rank that draws the curves at every epoch's end
+        plot.preload()
     dataset = load_dataset(config, reader, "train")
     evaluate_each = r.evaluate_each_epoch or bool(r.keep_best)
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
@@ -225,7 +226,7 @@ def _end_epoch(config, engine, reader, world, run: _Run, epoch, seconds, epoch_s
     )
     if r.keep_best:
         run.best = _keep_best(r, engine.spec, meta["test"], folder, run.best)
-    plot_curves(
+    plot.plot_curves(
         run.records,
         os.path.join(r.model_save_path, CURVES_FILE),
         f"{engine.name} training",

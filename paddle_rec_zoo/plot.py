@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
+
+_FIGURE = "matplotlib.figure"  # drawn with its own canvas: no pyplot, no global backend
+
+
+def preload() -> threading.Thread:
+    """Import matplotlib in a background thread while training runs: the import alone took about
+    half a second here, paid at the first epoch's end otherwise (doc/benchmarks.md). Drawing then
+    finds it imported, or waits for the import to finish."""
+    thread = threading.Thread(
+        target=importlib.import_module, args=(_FIGURE,), name="import-matplotlib", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def plot_curves(
@@ -15,14 +30,12 @@ def plot_curves(
 ):
     """Loss, and the running AUCs `train_keys` of `records`; `tests`: per-epoch test results
     (with "step"), whose AUCs `test_keys` are drawn as markers on the AUC panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     steps = [r["step"] for r in records]
     keys = [k for k in train_keys if any(k in r for r in records)]
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_auc = fig.subplots(1, 2)
     ax_loss.plot(steps, [r["loss"] for r in records], color="tab:red")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     for key in keys:
@@ -46,5 +59,4 @@ def plot_curves(
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
