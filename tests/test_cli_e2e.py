@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +233,17 @@ def test_keep_best_evaluates_each_epoch_and_infer_reads_the_best_folder(work):
         "trainer", "-m", ESMM_CONFIG, "-o", *common(work, "best-bad", 1), "runner.keep_best=auc"
     )
     assert bad.returncode == 2 and "runner.keep_best: unknown metric 'auc'" in bad.stderr
+
+
+@pytest.mark.parametrize("launched, teardown", [("1", False), ("2", True)])
+def test_a_tool_ends_with_its_status_and_its_output_flushed_skipping_teardown(launched, teardown):
+    """cli.finish: the interpreter's teardown (atexit) is skipped, except in a launched job."""
+    code = (
+        "import atexit; from paddle_rec_zoo.cli import finish\n"
+        "atexit.register(lambda: print('teardown'))\n"
+        "print('done', end=''); finish(3)\n"
+    )
+    env = dict(os.environ, PADDLE_TRAINERS_NUM=launched)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 3
+    assert proc.stdout.startswith("done") and ("teardown" in proc.stdout) == teardown

@@ -3,9 +3,7 @@
 python tools/static_trainer.py -m models/multitask/esmm/config.yaml [-o section.key=value ...]
 """
 
-import sys
-
-from paddle_rec_zoo.cli import main
+from paddle_rec_zoo.cli import finish, main
 
 if __name__ == "__main__":
-    sys.exit(main("static_trainer"))
+    finish(main("static_trainer"))
