@@ -457,3 +457,20 @@ def test_profile_and_zoo_tables_go_between_their_own_markers_of_the_doc(tmp_path
     assert text.count("| new profile |") == 1
     assert text.split(begin)[0] == original.split(begin)[0]  # the rest untouched
     assert text.split(end)[1] == original.split(end)[1]
+
+
+@pytest.mark.slow
+def test_kernels_measures_every_mkl_choice_the_processor_supports(tmp_path):
+    """--kernels: a row per MKL_DEBUG_CPU_TYPE runner.cpu_math may set, none it would refuse."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--kernels"]
+    proc = run_group([*cmd, "--runs", "1", "--workdir", str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    flags = benchmark.cpu_math.read_cpu()["flags"]
+    expected = ["default"]
+    for value, kind in (("5", "avx2"), ("7", "avx512")):
+        if set(benchmark.cpu_math.KERNELS[kind][1]) <= flags:
+            expected.append(value)
+    rows = re.findall(r"^\| (default|5|7)\b", proc.stdout, re.M)
+    assert rows == expected
+    rates = re.findall(r"\| ([\d.]+) \((\d)e-0(\d)\)", proc.stdout)
+    assert rates and all(float(r) > 0 and int(exp) >= 5 for r, _, exp in rates)  # error <= 1e-5

@@ -252,6 +252,8 @@ def probe(args) -> dict:
         engine = engines.InferenceEngine(spec, config)
         engine.load(os.path.join(config.runner.model_save_path, "0"))
         return {"rate": _timed_steps(engine.predict, batches, warmup=2)}
+    if name == "kernels":
+        return kernel_rates()
     if name in ("baseline_train", "baseline_eval"):
         return baseline(args, train=name == "baseline_train")
     raise SystemExit(f"unknown probe {name}")
@@ -283,6 +285,78 @@ def baseline(args, train: bool) -> dict:
         step(Batch(ids.numpy(), labels, np.arange(len(labels))))
         n += len(labels)
     return {"rate": n / (time.perf_counter() - start), "rows": n}
+
+
+# ----------------------------------------------------------------------------- --kernels
+KERNEL_SHAPES = [(1024, 276, 256), (1024, 256, 64), (2048, 2048, 2048)]  # a tower's layers; large
+# MKL_DEBUG_CPU_TYPE values measured: None (MKL's own choice) and the ones runner.cpu_math sets
+KERNEL_TYPES = [(None, "default"), ("5", "5 (AVX2)"), ("7", "7 (AVX-512)")]
+KERNELS_BEGIN = (
+    "<!-- kernels table: begin (written by tools/benchmark.py --kernels --update-doc) -->"
+)
+KERNELS_END = "<!-- kernels table: end -->"
+
+
+def kernel_rates(reps: int = 20) -> dict:
+    """GFLOP/s of one-thread `paddle.matmul` per shape, with whatever MKL_DEBUG_CPU_TYPE this
+    process was started with (no runner.cpu_math here), and of numpy's own BLAS."""
+    import numpy as np
+    import paddle
+
+    paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(1)
+    out = {}
+    for m, k, n in KERNEL_SHAPES:
+        a, b = paddle.randn([m, k]), paddle.randn([k, n])
+        x, y = a.numpy(), b.numpy()
+        products = {"paddle": (paddle.matmul, a, b), "numpy": (np.matmul, x, y)}
+        for name, (product, left, right) in products.items():
+            for _ in range(3):
+                product(left, right)
+            start = time.perf_counter()
+            for _ in range(reps):
+                product(left, right)
+            seconds = (time.perf_counter() - start) / reps
+            out[f"{name} {m}x{k}@{k}x{n}"] = 2 * m * k * n / seconds / 1e9
+        ref = x.astype(np.float64) @ y.astype(np.float64)
+        err = np.abs(paddle.matmul(a, b).numpy() - ref).max() / np.abs(ref).max()
+        out[f"error {m}x{k}@{k}x{n}"] = float(err)
+    return {"rate": 0.0, "gflops": out}
+
+
+def run_kernels(args) -> str:
+    """The --kernels table: every MKL_DEBUG_CPU_TYPE the processor supports, median of runs."""
+    cpu = cpu_math.read_cpu()
+    rows = []
+    for value, label in KERNEL_TYPES:
+        kind = {"5": "avx2", "7": "avx512"}.get(value)
+        if kind and not set(cpu_math.KERNELS[kind][1]) <= cpu["flags"]:
+            continue  # would stop with SIGILL
+        runs = []
+        for run in range(args.runs):
+            cmd = [sys.executable, os.path.abspath(__file__), "--probe", "kernels"]
+            log = os.path.join(args.workdir, f"kernels-{label.split()[0]}-{run}.log")
+            _, _, text = run_process(cmd, log, {MKL_ENV: value} if value else None)
+            line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
+            runs.append(json.loads(line[len(PROBE_TAG) :])["gflops"])
+        rows.append((label, {k: statistics.median(r[k] for r in runs) for k in runs[0]}))
+    shapes = [f"{m}x{k}@{k}x{n}" for m, k, n in KERNEL_SHAPES]
+    lines = [
+        f"`paddle.matmul`, one thread, GFLOP/s, median of {args.runs} process(es) per row "
+        f"(largest relative error against float64 in brackets); {time.strftime('%Y-%m-%d')}; "
+        f"{machine()}.",
+        "",
+        "| MKL_DEBUG_CPU_TYPE | " + " | ".join(shapes) + " |",
+        "|---|" + "---|" * len(shapes),
+    ]
+    for label, r in rows:
+        cells = [f"{r['paddle ' + sh]:.1f} ({r['error ' + sh]:.0e})" for sh in shapes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    numpy_row = [f"{rows[0][1]['numpy ' + sh]:.1f}" for sh in shapes]
+    lines.append(
+        "| numpy's own BLAS (its default threads), for reference | " + " | ".join(numpy_row) + " |"
+    )
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- running
@@ -657,6 +731,11 @@ def main(argv=None) -> int:
         help="instead: the scale rehearsal at N train impressions (default 10M), raw data to "
         "test AUCs, and its projection to the full Ali-CCP (tools/bench_scale.py)",
     )
+    parser.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead: paddle.matmul GFLOP/s with each MKL kernel choice runner.cpu_math can make",
+    )
     parser.add_argument("--table", help="write the Markdown table here (default WORKDIR/table.md)")
     parser.add_argument("--update-doc", action="store_true", help=f"rewrite the table in {DOC}")
     import bench_profile  # tools/ is on the path
@@ -672,6 +751,15 @@ def main(argv=None) -> int:
     if args.probe:
         result = probe(args)
         print(PROBE_TAG + json.dumps(result), flush=True)
+        return 0
+    if args.kernels:
+        os.makedirs(args.workdir, exist_ok=True)
+        table = run_kernels(args)
+        print(table)
+        if args.update_doc:
+            shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
+            command = " ".join(["python tools/benchmark.py", *shown])
+            update_doc(table, command, DOC, KERNELS_BEGIN, KERNELS_END)
         return 0
     if args.scale:
         import bench_scale
