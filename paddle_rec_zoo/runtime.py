@@ -23,6 +23,9 @@ def math_threads(requested: int) -> int:
     return max(1, usable_cores() // max(local_ranks, 1))
 
 
+SERIAL_FLAG = "FLAGS_new_executor_serial_run"
+
+
 def serial_executor(threads: int) -> bool:
     """Whether the static executor runs every kernel on the calling thread.
 
@@ -31,7 +34,8 @@ def serial_executor(threads: int) -> bool:
     threads, or several ranks sharing this machine's cores, run serially. With one thread
     and one process the executor's own scheduling is faster here (static_trainer.py, 400k
     rows, medians of 3 and 4 runs: 80k vs 58k and 51k vs 46k samples/s on a 2-core AMD EPYC):
-    it runs independent ops, such as the two towers, on the otherwise idle core."""
+    it runs independent ops, such as the two towers, on the otherwise idle core. Setting
+    FLAGS_new_executor_serial_run=1 in the environment keeps every kernel on the calling thread."""
     local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
     return threads > 1 or local_ranks > 1
 
@@ -54,8 +58,8 @@ def setup(config, static: bool = False):
         place = paddle.CPUPlace()
         threads = math_threads(r.cpu_threads)
         paddle.base.core.set_num_threads(threads)
-        if static:
-            paddle.set_flags({"FLAGS_new_executor_serial_run": serial_executor(threads)})
+        if static and SERIAL_FLAG not in os.environ:  # a user's own setting wins
+            paddle.set_flags({SERIAL_FLAG: serial_executor(threads)})
     random.seed(r.seed)
     np.random.seed(r.seed)
     paddle.seed(r.seed)

@@ -1,6 +1,8 @@
-"""Engine settings that need no training: how the Paddle Inference predictor is configured."""
+"""Engine settings that need no training: the Paddle Inference predictor, the static executor."""
 
 import os
+import subprocess
+import sys
 
 import paddle
 import pytest
@@ -52,3 +54,25 @@ def test_math_threads_zero_shares_the_cores_among_local_ranks(monkeypatch):
     assert math_threads(0) == 1  # never zero
     monkeypatch.setenv("PADDLE_LOCAL_SIZE", "1")
     assert math_threads(0) == usable_cores()
+
+
+@pytest.mark.parametrize(
+    "env, threads, serial",
+    [({}, 1, False), ({}, 2, True), ({"PADDLE_LOCAL_SIZE": "2"}, 1, True),
+     ({"FLAGS_new_executor_serial_run": "1"}, 1, True)],
+)  # fmt: skip
+def test_the_static_executor_runs_serially_unless_one_thread_of_one_process(env, threads, serial):
+    """One math thread in one process: the executor schedules ops on its own threads; more
+    threads or ranks: every kernel on the calling thread; a user's own flag wins."""
+    code = (
+        "import paddle\nfrom conftest import esmm_config\nfrom paddle_rec_zoo import runtime\n"
+        f"runtime.setup(esmm_config('runner.cpu_threads={threads}'), static=True)\n"
+        "print('SERIAL', paddle.get_flags(['FLAGS_new_executor_serial_run'])"
+        "['FLAGS_new_executor_serial_run'])\n"
+    )
+    tests = os.path.dirname(os.path.abspath(__file__))
+    full_env = {**os.environ, **env, "PYTHONPATH": tests}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"SERIAL {serial}" in out
