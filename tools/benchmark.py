@@ -2,11 +2,14 @@
 inference, and two baselines, all in one run: PaddleRec's line-by-line Python reader feeding our
 network, and PaddleRec's own recipe (`tools/paddlerec_recipe.py`: its reader, network and trainer).
 
-    python tools/benchmark.py                       # 400k train rows, 3 runs each (~20 min)
+    python tools/benchmark.py                       # 400k train rows, 3 runs each (~15 min)
     python tools/benchmark.py --rows 20000 --runs 1 # a quick look
     python tools/benchmark.py --update-doc          # also rewrite the table in doc/benchmarks.md
     python tools/benchmark.py --scale               # raw data to test AUCs at 10M (bench_scale.py)
     python tools/benchmark.py --profile --code OLD  # time per part of a step (bench_profile.py)
+    python tools/benchmark.py --zoo --code OLD      # every model's compute-only rate, OLD and now
+    python tools/benchmark.py --kernels             # paddle.matmul GFLOP/s per MKL kernel choice
+    python tools/benchmark.py --before OLD          # also OLD's trainers in the same runs
 
 Data comes from the project's synthetic generator (`datasets/ali-ccp/synthetic.py`, default
 preset, seed 1: real-length Ali-CCP lines, ~1.5 KB each), written once into `--workdir`.
