@@ -142,7 +142,8 @@ def set_row_ids(layer: nn.Layer, uniq) -> None:
 
 
 def take_row_lookups(layer: nn.Layer) -> list[RowLookup]:
-    """The lookups of `layer`'s last training forward, one per row-wise table, and forget them."""
+    """The lookups of `layer`'s last training forward, one per row-wise table, and forget them
+    and the step's unique ids (a later forward outside a step looks up global ids again)."""
     found = []
     for sub in _row_wise(layer).values():
         if sub.lookup is None:
@@ -151,7 +152,7 @@ def take_row_lookups(layer: nn.Layer) -> list[RowLookup]:
                 "forward on local ids, after set_row_ids with the batch's unique ids)"
             )
         found.append(sub.lookup)
-        sub.lookup = None
+        sub.lookup = sub.row_ids = None
     return found
 
 

@@ -86,6 +86,9 @@ def test_a_table_looked_up_twice_in_one_step_updates_both_calls_rows():
     counts = {1: 1, 2: 2, 3: 1, 5: 2, 6: 4, 7: 2}
     for row, count in counts.items():
         np.testing.assert_allclose(before[row] - emb.weight.numpy()[row], 0.1 * count, rtol=1e-5)
+    # the step is over: a forward on global ids looks them up, not stale local rows
+    after = emb.weight.numpy()
+    np.testing.assert_array_equal(emb(paddle.to_tensor(ids)).numpy()[0, 2], after[5])
 
 
 def test_a_forward_outside_a_training_step_looks_up_global_ids_and_records_nothing():
