@@ -72,8 +72,6 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     checkpoint (`signals.Interrupted`). Returns log records."""
     r = config.runner
     world = world or World()
-    if world.is_main:  # the rank that draws the curves at every epoch's end
-        plot.preload()
     dataset = load_dataset(config, reader, "train")
     evaluate_each = r.evaluate_each_epoch or bool(r.keep_best)
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
@@ -88,6 +86,8 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
         + f", checkpoints in {r.model_save_path}"
     )
     epoch_run = _Epoch(config, engine, reader, world, run, n_batches, test_set is None)
+    if world.is_main:  # the rank that draws the curves at every epoch's end; only now that the
+        plot.preload()  # data sets are read: their parsing forks, which must not meet an import
     with signals.stop.deferred():
         for epoch in range(run.start_epoch, r.epochs):
             seconds, epoch_samples = epoch_run.train(dataset, epoch)
