@@ -57,7 +57,8 @@ def read_cpu(path: str = "/proc/cpuinfo") -> dict:
     return info
 
 
-def _supports(cpu: dict, kernels: str) -> bool:
+def supports(cpu: dict, kernels: str) -> bool:
+    """Whether `cpu` (`read_cpu()`) has every flag the `kernels` of KERNELS need."""
     return set(KERNELS[kernels][1]) <= cpu["flags"]
 
 
@@ -74,11 +75,11 @@ def choose(setting: str, cpu: dict, environ: dict) -> tuple[str | None, str]:
     if setting == "auto":
         if not cpu["vendor"] or cpu["vendor"] == INTEL:
             return None, f"cpu math: MKL's own choice of kernels on {name}"
-        found = [k for k in ("avx512", "avx2") if _supports(cpu, k)]
+        found = [k for k in ("avx512", "avx2") if supports(cpu, k)]
         if not found:
             return None, f"cpu math: MKL's own choice of kernels on {name} (no AVX2+FMA)"
         setting = found[0]
-    elif not _supports(cpu, setting):
+    elif not supports(cpu, setting):
         missing = sorted(set(KERNELS[setting][1]) - cpu["flags"])
         raise UserError(
             f"runner.cpu_math: {setting} needs CPU flags {', '.join(missing)}, which {name} "

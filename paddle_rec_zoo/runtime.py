@@ -19,8 +19,12 @@ def math_threads(requested: int) -> int:
     `paddle.distributed.launch` started on this machine)."""
     if requested:
         return requested
-    local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
-    return max(1, usable_cores() // max(local_ranks, 1))
+    return max(1, usable_cores() // max(_local_ranks(), 1))
+
+
+def _local_ranks() -> int:
+    """The ranks `paddle.distributed.launch` started on this machine (1 outside a launch)."""
+    return int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
 
 
 SERIAL_FLAG = "FLAGS_new_executor_serial_run"
@@ -36,8 +40,7 @@ def serial_executor(threads: int) -> bool:
     rows, medians of 3 and 4 runs: 80k vs 58k and 51k vs 46k samples/s on a 2-core AMD EPYC):
     it runs independent ops, such as the two towers, on the otherwise idle core. Setting
     FLAGS_new_executor_serial_run=1 in the environment keeps every kernel on the calling thread."""
-    local_ranks = int(os.environ.get("PADDLE_LOCAL_SIZE") or 1)
-    return threads > 1 or local_ranks > 1
+    return threads > 1 or _local_ranks() > 1
 
 
 def setup(config, static: bool = False):
