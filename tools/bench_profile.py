@@ -537,8 +537,7 @@ class Runner:
         _, rss, text = benchmark.run_process(
             cmd, log_path, env_extra=probe_env(tree, self.args.env)
         )
-        line = [x for x in text.splitlines() if x.startswith(benchmark.PROBE_TAG)][-1]
-        result = json.loads(line[len(benchmark.PROBE_TAG) :])
+        result = benchmark.probe_result(text)
         if os.path.realpath(result["package"]) != os.path.realpath(
             os.path.join(tree, "paddle_rec_zoo")
         ):
@@ -725,9 +724,7 @@ def main(args, argv) -> int:
     with open(os.path.join(runner.dir, f"{name}.json"), "w") as f:
         json.dump(runner.results, f, indent=1)
     if args.update_doc:
-        shown = [a for a in argv if a != "--update-doc"]
-        command = " ".join(["python tools/benchmark.py", *shown])
-        benchmark.update_doc(table, command, benchmark.DOC, begin, end)
+        benchmark.write_doc(table, argv, begin, end)
     return 0
 
 

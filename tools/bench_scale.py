@@ -228,11 +228,9 @@ class Rehearsal:
         load = max(load, benchmark.load_avg())
         result = {"wall": wall, "rss_mb": rss, "disk_peak": disk.peak, "load": load}
         if key.startswith("train"):
-            result["loop_rate"] = benchmark._last_number(
-                r"done in [\d.]+s \(([\d,]+) samples/s", text
-            )
+            result["loop_rate"] = benchmark.loop_rate(text, "train")
         elif key.startswith("infer"):
-            result["loop_rate"] = benchmark._last_number(r"; ([\d,]+) samples/s\)", text)
+            result["loop_rate"] = benchmark.loop_rate(text, "test")
             found = AUC.findall(text)
             if found:
                 result["auc"] = [float(x) for x in found[-1]]
@@ -397,7 +395,5 @@ def main(args, argv) -> int:
     with open(os.path.join(rehearsal.dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if args.update_doc:
-        shown = [a for a in argv if a != "--update-doc"]
-        command = " ".join(["python tools/benchmark.py", *shown])
-        benchmark.update_doc(table, command, benchmark.DOC, BEGIN, END)
+        benchmark.write_doc(table, argv, BEGIN, END)
     return 0

@@ -292,8 +292,8 @@ def baseline(args, train: bool) -> dict:
 
 # ----------------------------------------------------------------------------- --kernels
 KERNEL_SHAPES = [(1024, 276, 256), (1024, 256, 64), (2048, 2048, 2048)]  # a tower's layers; large
-# MKL_DEBUG_CPU_TYPE values measured: None (MKL's own choice) and the ones runner.cpu_math sets
-KERNEL_TYPES = [(None, "default"), ("5", "5 (AVX2)"), ("7", "7 (AVX-512)")]
+# measured: MKL's own choice (None), then every kernel choice runner.cpu_math can make
+KERNEL_CHOICES = [None, *cpu_math.KERNELS]
 KERNELS_BEGIN = (
     "<!-- kernels table: begin (written by tools/benchmark.py --kernels --update-doc) -->"
 )
@@ -331,17 +331,20 @@ def run_kernels(args) -> str:
     """The --kernels table: every MKL_DEBUG_CPU_TYPE the processor supports, median of runs."""
     cpu = cpu_math.read_cpu()
     rows = []
-    for value, label in KERNEL_TYPES:
-        kind = {"5": "avx2", "7": "avx512"}.get(value)
-        if kind and not set(cpu_math.KERNELS[kind][1]) <= cpu["flags"]:
+    for kind in KERNEL_CHOICES:
+        if kind is None:
+            value, label = None, "default"
+        elif cpu_math.supports(cpu, kind):
+            value = cpu_math.KERNELS[kind][0]
+            label = f"{value} ({cpu_math.KERNEL_NAMES[kind]})"
+        else:
             continue  # would stop with SIGILL
         runs = []
         for run in range(args.runs):
             cmd = [sys.executable, os.path.abspath(__file__), "--probe", "kernels"]
             log = os.path.join(args.workdir, f"kernels-{label.split()[0]}-{run}.log")
             _, _, text = run_process(cmd, log, {MKL_ENV: value} if value else None)
-            line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
-            runs.append(json.loads(line[len(PROBE_TAG) :])["gflops"])
+            runs.append(probe_result(text)["gflops"])
         rows.append((label, {k: statistics.median(r[k] for r in runs) for k in runs[0]}))
     shapes = [f"{m}x{k}@{k}x{n}" for m, k, n in KERNEL_SHAPES]
     lines = [
@@ -391,6 +394,26 @@ def _last_number(pattern: str, text: str) -> float | None:
     return float(found[-1].replace(",", "")) if found else None
 
 
+def loop_rate(text: str, split: str) -> float | None:
+    """The samples/s a tool's own log gives for its loop: a trainer's epoch (`split` train), an
+    evaluation with its reading and metrics (`split` test)."""
+    if split == "train":
+        return _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
+    return _last_number(r"; ([\d,]+) samples/s\)", text)
+
+
+def probe_result(text: str) -> dict:
+    """The result a probe process printed (its last `PROBE_TAG` line)."""
+    line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
+    return json.loads(line[len(PROBE_TAG) :])
+
+
+def write_doc(table: str, argv: list[str], begin: str, end: str):
+    """`update_doc` with the command that made `table`: this run's arguments but --update-doc."""
+    shown = [a for a in argv if a != "--update-doc"]
+    update_doc(table, " ".join(["python tools/benchmark.py", *shown]), DOC, begin, end)
+
+
 class Bench:
     def __init__(self, args, meta: dict):
         self.args = args
@@ -433,8 +456,7 @@ class Bench:
         ]
         cmd += ["--opts", *self.opts(save), *extra]
         wall, rss, text = run_process(cmd, log_path)
-        line = [x for x in text.splitlines() if x.startswith(PROBE_TAG)][-1]
-        result = json.loads(line[len(PROBE_TAG) :])
+        result = probe_result(text)
         result.update(load=max(load, load_avg()), rss_mb=rss, process_wall=wall)
         if key.startswith("baseline"):  # whole-process rate, as for the CLIs
             split = "train" if key == "baseline_train" else "test"
@@ -456,13 +478,13 @@ class Bench:
         if code != ROOT:
             env = {**(env or {}), "PYTHONPATH": code}
         wall, rss, text = run_process(cmd, log_path, env_extra=env, cwd=code)
-        split = "train" if "trainer" in tool else "test"
+        self.record_process(key, "train" if "trainer" in tool else "test", load, wall, rss, text)
+
+    def record_process(self, key: str, split: str, load: float, wall: float, rss: int, text):
+        """Record a whole process over `split`'s rows: its rate, and the rate its log gives."""
         result = {"wall": wall, "rate": self.rows[split] / wall, "rss_mb": rss}
         result["load"] = max(load, load_avg())
-        if split == "train":
-            result["loop_rate"] = _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
-        else:
-            result["loop_rate"] = _last_number(r"; ([\d,]+) samples/s\)", text)
+        result["loop_rate"] = loop_rate(text, split)
         self.record(key, result)
 
     def run_paddlerec(self, run: int):
@@ -484,10 +506,7 @@ class Bench:
         load = load_avg()
         log_path = os.path.join(self.logs, f"{key}-{run}.log")
         wall, rss, text = run_process(cmd, log_path)  # no MKL setting
-        result = {"wall": wall, "rate": self.rows["train"] / wall, "rss_mb": rss}
-        result["load"] = max(load, load_avg())
-        result["loop_rate"] = _last_number(r"done in [\d.]+s \(([\d,]+) samples/s", text)
-        self.record(key, result)
+        self.record_process(key, "train", load, wall, rss, text)
 
     def run_all(self, only: set[str] | None):
         a = self.args
@@ -747,10 +766,11 @@ def main(argv=None) -> int:
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--opts", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
     if args.steps is None:
         args.steps = 100 if args.profile or args.zoo else 200
     if args.profile or args.zoo:
-        return bench_profile.main(args, argv if argv is not None else sys.argv[1:])
+        return bench_profile.main(args, argv)
     if args.probe:
         result = probe(args)
         print(PROBE_TAG + json.dumps(result), flush=True)
@@ -760,14 +780,12 @@ def main(argv=None) -> int:
         table = run_kernels(args)
         print(table)
         if args.update_doc:
-            shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
-            command = " ".join(["python tools/benchmark.py", *shown])
-            update_doc(table, command, DOC, KERNELS_BEGIN, KERNELS_END)
+            write_doc(table, argv, KERNELS_BEGIN, KERNELS_END)
         return 0
     if args.scale:
         import bench_scale
 
-        return bench_scale.main(args, argv if argv is not None else sys.argv[1:])
+        return bench_scale.main(args, argv)
     keys = {k for k, _, _ in MEASUREMENTS}
     if args.only and not set(args.only) <= keys:
         parser.error(f"--only: unknown {sorted(set(args.only) - keys)}; choose from {sorted(keys)}")
@@ -794,8 +812,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(bench.results, f, indent=1)
     if args.update_doc:
-        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--update-doc"]
-        update_doc(table, " ".join(["python tools/benchmark.py", *shown]), DOC, begin, end)
+        write_doc(table, argv, begin, end)
     return 0
 
 
