@@ -15,6 +15,8 @@ import paddle
 import pytest
 from conftest import ROOT, ZOO, run_group
 
+from paddle_rec_zoo import runtime
+
 
 def test_update_doc_replaces_only_the_table(tmp_path):
     doc = tmp_path / "benchmarks.md"
@@ -377,6 +379,14 @@ def test_profile_and_zoo_probes_run_without_the_mkl_setting_unless_asked():
     env = bench_profile.probe_env("/some/tree", ["OMP_NUM_THREADS=1"])
     assert env == {"PYTHONPATH": "/some/tree", "OMP_NUM_THREADS": "1"}
     assert bench_profile.probe_env("/t", ["MKL_DEBUG_CPU_TYPE=7"])["MKL_DEBUG_CPU_TYPE"] == "7"
+    # a profiled static step runs serially (the executor's overlapping threads), unless asked
+    assert bench_profile.probe_env("/t", [], serial=True)[runtime.SERIAL_FLAG] == "1"
+    assert (
+        bench_profile.probe_env("/t", [f"{runtime.SERIAL_FLAG}=0"], serial=True)[
+            runtime.SERIAL_FLAG
+        ]
+        == "0"
+    )
     assert bench_profile.code_trees(None) == [ROOT]
     assert bench_profile.code_trees([ROOT + "/tests/.."])[-1] == ROOT  # NEW: this repository
 

@@ -55,6 +55,10 @@ import time
 
 import benchmark  # its generate(), overrides(), probes' helpers, run_process(), update_doc()
 
+# paddle_rec_zoo.runtime.SERIAL_FLAG; importing runtime would load Paddle into the orchestrator,
+# whose memory its children's peak RSS would then include
+SERIAL_FLAG = "FLAGS_new_executor_serial_run"
+
 ROOT = benchmark.ROOT
 HERE = os.path.abspath(__file__)
 WARMUP = 20
@@ -487,10 +491,17 @@ def label(tree: str) -> str:
     return commit + ("*" if dirty else "")
 
 
-def probe_env(tree: str, extra: list[str]) -> dict:
+def probe_env(tree: str, extra: list[str], serial: bool = False) -> dict:
     """What a probe's environment adds to this one (`benchmark.run_process` removes MKL
-    settings first): the tree's package on the path, and the `--env KEY=VALUE` items."""
+    settings first): the tree's package on the path, with `serial` a static executor that runs
+    every kernel on the calling thread, and the `--env KEY=VALUE` items.
+
+    A profiled static step runs serially: ops the executor overlaps on its own threads cannot
+    be attributed to parts, and Paddle's profiler recording from those threads has stopped a
+    probe with a heap corruption (doc/benchmarks.md)."""
     env = {"PYTHONPATH": tree}
+    if serial:
+        env[SERIAL_FLAG] = "1"
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep:
@@ -527,6 +538,7 @@ class Runner:
 
     def run_probe(self, kind: str, tree: str, engine: str, model: str, run: int) -> dict:
         i = self.trees.index(tree)
+        static = engine == "static"
         key = f"{kind}-{model}-{engine}-{i}"
         trace = os.path.join(self.dir, f"{key}.json")
         cmd = [sys.executable, HERE, "--probe", kind, "--engine", engine]
@@ -535,7 +547,7 @@ class Runner:
         load = benchmark.load_avg()
         log_path = os.path.join(self.dir, f"{key}-{run}.log")
         _, rss, text = benchmark.run_process(
-            cmd, log_path, env_extra=probe_env(tree, self.args.env)
+            cmd, log_path, env_extra=probe_env(tree, self.args.env, kind == "profile" and static)
         )
         result = benchmark.probe_result(text)
         if os.path.realpath(result["package"]) != os.path.realpath(
