@@ -1,5 +1,5 @@
-"""Shared test helpers. The package `paddle_rec_zoo` is installed (requirements.txt); the scripts of `tools/` and
-`datasets/ali-ccp/` import as modules (pyproject.toml puts their folders on the tests' path)."""
+"""Shared test helpers. The package `paddle_rec_zoo` is installed (requirements.txt); the scripts
+of `tools/` and `datasets/ali-ccp/` are run as commands, their code imported from the package."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from paddle_rec_zoo.run import cpu_math
+
+# The math library's kernels for the whole session, chosen before any test loads Paddle, as the
+# tools choose them (runner.cpu_math: auto): a run in this process and one in a child process
+# then compute with the same kernels, so their numbers can be compared bit for bit. Otherwise the
+# first test to compute fixes this process's kernels, whatever a later runtime.setup asks.
+cpu_math.select("auto")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ESMM_DIR = os.path.join(ROOT, "models", "multitask", "esmm")
@@ -26,26 +34,26 @@ def model_dir(name: str) -> str:
 
 
 def zoo_module(model: str, name: str):
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.run.model_loader import load_model_module
 
     return load_model_module(model_dir(model), name)
 
 
 def zoo_config(model: str, *overrides: str, config: str = "config.yaml"):
-    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.run.config import load_config
 
     hyper = zoo_module(model, "dygraph_model").DygraphModel.hyper_parameters_class
     return load_config(os.path.join(model_dir(model), config), list(overrides), hyper)
 
 
 def esmm_module(name: str):
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.run.model_loader import load_model_module
 
     return load_model_module(ESMM_DIR, name)
 
 
 def esmm_config(*overrides: str, path: str = ESMM_CONFIG):
-    from paddle_rec_zoo.config import load_config
+    from paddle_rec_zoo.run.config import load_config
 
     hyper = esmm_module("net").HyperParameters
     return load_config(path, list(overrides), hyper)

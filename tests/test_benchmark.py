@@ -8,14 +8,14 @@ import re
 import shutil
 import sys
 
-import bench_profile
-import bench_scale
-import benchmark  # tools/ is on the tests' path (pyproject.toml)
 import paddle
 import pytest
 from conftest import ROOT, ZOO, run_group
 
-from paddle_rec_zoo import runtime
+from paddle_rec_zoo.bench import benchmark
+from paddle_rec_zoo.bench import scale as bench_scale
+from paddle_rec_zoo.bench import step_profile as bench_profile
+from paddle_rec_zoo.run import runtime
 
 
 def test_update_doc_replaces_only_the_table(tmp_path):

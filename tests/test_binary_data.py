@@ -10,15 +10,15 @@ import json
 import random
 from pathlib import Path
 
-import convert_raw as cr
 import numpy as np
 import pytest
 from conftest import ESMM_CONFIG, esmm_config
 from test_convert_raw import common_line, item, skel_line, write_raw
 
-from paddle_rec_zoo import ali_ccp
-from paddle_rec_zoo.binary_data import BinaryPart
-from paddle_rec_zoo.data import Dataset, list_data_files
+from paddle_rec_zoo.data import ali_ccp
+from paddle_rec_zoo.data.ali_ccp import convert as cr
+from paddle_rec_zoo.data.binary_data import BinaryPart
+from paddle_rec_zoo.data.dataset import Dataset, list_data_files
 from paddle_rec_zoo.errors import UserError
 
 
@@ -167,7 +167,7 @@ def test_a_damaged_data_set_is_one_line(converted, tmp_path):
 
 
 def train_and_predict(tool: str, data: Path, out: Path, n_ids: int) -> tuple[list, str]:
-    from paddle_rec_zoo.cli import main
+    from paddle_rec_zoo.run.cli import main
 
     opts = [
         f"runner.train_data_dir={data / 'train_data'}",
@@ -236,7 +236,7 @@ def test_fleet_ranks_read_their_share_of_either_form_alike(converted, tmp_path):
 def test_resuming_on_the_binary_form_finishes_the_same_run(converted, tmp_path):
     """The epoch order is seeded by (seed, epoch) whatever the form: an interrupted run resumed
     on the binary data set logs what the uninterrupted one does."""
-    from paddle_rec_zoo.cli import main
+    from paddle_rec_zoo.run.cli import main
 
     _, binary, meta = converted
 

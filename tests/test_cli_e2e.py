@@ -239,7 +239,7 @@ def test_keep_best_evaluates_each_epoch_and_infer_reads_the_best_folder(work):
 def test_a_tool_ends_with_its_status_and_its_output_flushed_skipping_teardown(launched, teardown):
     """cli.finish: the interpreter's teardown (atexit) is skipped, except in a launched job."""
     code = (
-        "import atexit; from paddle_rec_zoo.cli import finish\n"
+        "import atexit; from paddle_rec_zoo.run.cli import finish\n"
         "atexit.register(lambda: print('teardown'))\n"
         "print('done', end=''); finish(3)\n"
     )

@@ -3,8 +3,8 @@ import os
 import pytest
 from conftest import ESMM_CONFIG, esmm_config
 
-from paddle_rec_zoo.config import parse_overrides, yaml_load
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run.config import parse_overrides, yaml_load
 
 
 def test_defaults_and_paths_relative_to_config_file():

@@ -1,5 +1,5 @@
-"""Raw Tianchi -> binary data set / slot conversion (datasets/ali-ccp/convert_raw.py and its
-modules raw_parse.py, vocabulary.py, raw_write.py, raw_pool.py).
+"""Raw Tianchi -> binary data set / slot conversion (paddle_rec_zoo.data.ali_ccp: convert and its
+modules raw_parse, vocabulary, raw_write, raw_pool; the script datasets/ali-ccp/convert_raw.py).
 
 Fixtures are written by the tests themselves; a plain-Python reference conversion (dicts, one
 line at a time) is the oracle for the vectorised, multi-process converter.
@@ -18,17 +18,15 @@ import signal
 import sys
 from pathlib import Path
 
-import convert_raw as cr
 import numpy as np
 import pytest
-import raw_parse
-import raw_write
-import vocabulary
 from conftest import run_group
 
-from paddle_rec_zoo.binary_data import FORMAT as BINARY_FORMAT
+from paddle_rec_zoo.data.ali_ccp import convert as cr
+from paddle_rec_zoo.data.ali_ccp import raw_parse, raw_write, vocabulary
+from paddle_rec_zoo.data.binary_data import FORMAT as BINARY_FORMAT
+from paddle_rec_zoo.data.slot_parser import byte_words
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.slot_parser import byte_words
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "ali-ccp" / "convert_raw.py"

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from paddle_rec_zoo import cpu_math
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run import cpu_math
 
 AVX2 = {"sse4_2", "avx", "avx2", "fma"}
 AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
@@ -79,9 +79,9 @@ def test_the_tools_apply_it_before_the_math_library_runs(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import os, sys\n"
-        "from paddle_rec_zoo import runtime\n"
-        "from paddle_rec_zoo.config import load_config\n"
-        "from paddle_rec_zoo.model_loader import load_model_module\n"
+        "from paddle_rec_zoo.run import runtime\n"
+        "from paddle_rec_zoo.run.config import load_config\n"
+        "from paddle_rec_zoo.run.model_loader import load_model_module\n"
         "m = load_model_module(sys.argv[1], 'dygraph_model')\n"
         "cfg = load_config(sys.argv[1] + '/config.yaml', [], m.DygraphModel.hyper_parameters_class)\n"
         "runtime.setup(cfg)\n"

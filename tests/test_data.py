@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import esmm_config
 
-from paddle_rec_zoo import ali_ccp
-from paddle_rec_zoo.data import Dataset, list_data_files, prefetch
+from paddle_rec_zoo.data import ali_ccp
+from paddle_rec_zoo.data.dataset import Dataset, list_data_files, prefetch
 from paddle_rec_zoo.errors import UserError
 
 
@@ -105,7 +105,7 @@ def test_prefetch_passes_items_and_errors_through():
 
 
 def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data as data
+    import paddle_rec_zoo.data.dataset as data
 
     write_rows(tmp_path / "a.txt", 3000)
     monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # this small file: 3 processes
@@ -143,7 +143,7 @@ def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypat
 
 
 def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data as data
+    import paddle_rec_zoo.data.dataset as data
 
     write_rows(tmp_path / "a.txt", 700)
     ds = Dataset.load([str(tmp_path / "a.txt")], reader(), str(tmp_path / "cache"))
@@ -193,7 +193,7 @@ class WholeFileReader:
 
 
 def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data as data
+    import paddle_rec_zoo.data.dataset as data
 
     write_rows(tmp_path / "a.txt", 3000)
     monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # large enough for 3 processes
@@ -209,7 +209,7 @@ def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp
 
 
 def test_read_stats_add_up_ranges_and_files_keeping_the_first_five_examples():
-    from paddle_rec_zoo.data import ReadStats
+    from paddle_rec_zoo.data.dataset import ReadStats
 
     def info(rows, bad, filtered):
         return {"rows": rows, "bad_lines": len(bad), "bad_examples": bad, "filtered": filtered}

@@ -8,13 +8,13 @@ start trained on day 2 alone are evaluated on day 3 (converted with day 2's voca
 import json
 import re
 
-import convert_raw
 import numpy as np
 import pytest
-import synthetic
 from conftest import ESMM_CONFIG
 
-from paddle_rec_zoo.cli import main as cli_main
+from paddle_rec_zoo.data.ali_ccp import convert as convert_raw
+from paddle_rec_zoo.data.ali_ccp import synthetic
+from paddle_rec_zoo.run.cli import main as cli_main
 
 DAY = dict(n_train=4000, seed=7, preset="sample", test_ratio=0.0)
 EVAL = re.compile(r"epoch 3 \[dygraph\]: auc_ctr (\S+) auc_cvr (\S+) auc_ctcvr (\S+)")

@@ -8,8 +8,8 @@ import paddle
 import pytest
 from conftest import esmm_config, esmm_module
 
-from paddle_rec_zoo import engines
-from paddle_rec_zoo.data import usable_cores
+from paddle_rec_zoo.data.dataset import usable_cores
+from paddle_rec_zoo.run import engines
 
 
 class RecordingConfig:
@@ -45,7 +45,7 @@ def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, s
 
 
 def test_math_threads_zero_shares_the_cores_among_local_ranks(monkeypatch):
-    from paddle_rec_zoo.runtime import math_threads
+    from paddle_rec_zoo.run.runtime import math_threads
 
     monkeypatch.delenv("PADDLE_LOCAL_SIZE", raising=False)
     assert math_threads(0) == usable_cores()
@@ -65,7 +65,7 @@ def test_the_static_executor_runs_serially_unless_one_thread_of_one_process(env,
     """One math thread in one process: the executor schedules ops on its own threads; more
     threads or ranks: every kernel on the calling thread; a user's own flag wins."""
     code = (
-        "import paddle\nfrom conftest import esmm_config\nfrom paddle_rec_zoo import runtime\n"
+        "import paddle\nfrom conftest import esmm_config\nfrom paddle_rec_zoo.run import runtime\n"
         f"runtime.setup(esmm_config('runner.cpu_threads={threads}'), static=True)\n"
         "print('SERIAL', paddle.get_flags(['FLAGS_new_executor_serial_run'])"
         "['FLAGS_new_executor_serial_run'])\n"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import ESMM_CONFIG, ESMM_DIR, esmm_config, esmm_module, run_tool
 
-from paddle_rec_zoo import experiment_table as table
+from paddle_rec_zoo.report import experiment_table as table
 
 
 def test_scoring_uses_clicked_rows_and_truth_labels(tmp_path):
@@ -124,7 +124,7 @@ def test_easyrec_config_trains_one_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_compares_models_over_two_data_sets(tmp_path):
-    import synthetic
+    from paddle_rec_zoo.data.ali_ccp import synthetic
 
     data = []
     for seed in (1, 2):

@@ -3,7 +3,7 @@ import pytest
 from conftest import esmm_config, esmm_module
 from sklearn.metrics import roc_auc_score
 
-from paddle_rec_zoo.metrics import StreamingAUC, auc, calibration, evaluate, logloss
+from paddle_rec_zoo.report.metrics import StreamingAUC, auc, calibration, evaluate, logloss
 
 
 def test_auc_known_values():

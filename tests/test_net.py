@@ -3,8 +3,8 @@ import paddle
 import pytest
 from conftest import esmm_config, esmm_module
 
-from paddle_rec_zoo import optim
-from paddle_rec_zoo.layers import Linear
+from paddle_rec_zoo.nn import optim
+from paddle_rec_zoo.nn.layers import Linear
 
 
 def small_config(*extra):
@@ -27,7 +27,7 @@ def random_batch(cfg, n=64, seed=0):
 
 def batch_of(cfg, n=128, seed=0):
     """`random_batch` as the engines take it: a `Batch` with labels [n, 2]."""
-    from paddle_rec_zoo.data import Batch
+    from paddle_rec_zoo.schema import Batch
 
     ids, click, buy = random_batch(cfg, n=n, seed=seed)
     return Batch(ids, np.concatenate([click, buy], axis=1), np.arange(n))

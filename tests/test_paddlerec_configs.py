@@ -11,9 +11,9 @@ import shutil
 import pytest
 from conftest import ESMM_DIR, FIXTURES, esmm_config
 
-from paddle_rec_zoo import paddlerec_keys
-from paddle_rec_zoo.cli import main as cli_main
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run import paddlerec_keys
+from paddle_rec_zoo.run.cli import main as cli_main
 
 PADDLEREC = os.path.join(FIXTURES, "paddlerec")
 CONFIGS = ["paddlerec_esmm_config.yaml", "paddlerec_esmm_config_bigdata.yaml"]

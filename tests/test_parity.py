@@ -5,8 +5,8 @@ import paddle
 from conftest import esmm_config, esmm_module
 from test_net import batch_of, random_batch
 
-from paddle_rec_zoo.data import Batch
-from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.schema import Batch
 
 
 def test_dygraph_and_static_outputs_agree_from_the_same_weights(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from conftest import ESMM_CONFIG, ROOT, fleet_command, launch_fleet
 from test_reliability import metric_lines, params, train_in_process
 
-from paddle_rec_zoo import checkpoint, engines
+from paddle_rec_zoo.run import checkpoint, engines
 
 # the bundled sample: 4000 rows, batches of 256 -> 16 batches per epoch
 BATCHES = 16
@@ -202,7 +202,7 @@ def test_a_truncated_checkpoint_names_its_file(tmp_path, capsys, monkeypatch, na
 
 
 def test_a_signal_before_training_starts_ends_at_once_with_one_line(tmp_path, capsys, monkeypatch):
-    from paddle_rec_zoo import loop
+    from paddle_rec_zoo.run import loop
 
     def load_dataset(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -295,8 +295,8 @@ def test_kill_9_then_sigterm_at_random_steps_and_resume_ends_as_the_uninterrupte
 # writes that folder's name to argv[2] and waits there to be killed.
 BLOCKED_WRITE = """
 import os, sys, time
-from paddle_rec_zoo import checkpoint
-from paddle_rec_zoo.cli import main
+from paddle_rec_zoo.run import checkpoint
+from paddle_rec_zoo.run.cli import main
 
 target, marker = sys.argv[1], sys.argv[2]
 save = checkpoint._save

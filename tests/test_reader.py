@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, esmm_config
 
-from paddle_rec_zoo import ali_ccp
+from paddle_rec_zoo.data import ali_ccp
+from paddle_rec_zoo.data.slot_parser import BadLines, SlotParser
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.slot_parser import BadLines, Columns, FieldLayout, SlotParser
+from paddle_rec_zoo.schema import Columns, FieldLayout
 
 ALICCP = os.path.join(FIXTURES, "aliccp")
 
@@ -139,7 +140,7 @@ def test_unknown_fields_do_not_need_valid_ids():
 
 
 def test_eight_bytes_at_a_time_helpers_match_python():
-    from paddle_rec_zoo.slot_parser import _first_byte, byte_words, parse_uints
+    from paddle_rec_zoo.data.slot_parser import _first_byte, byte_words, parse_uints
 
     spans = ["0", "7", "42", "00012", "12345678", "99999999", "123456789", "100000000"]
     spans += ["123456789012345678", "1234567890123456789", "", "12a4", "1:2", "-3", "9" * 17]

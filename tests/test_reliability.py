@@ -9,7 +9,7 @@ import paddle
 import pytest
 from conftest import ESMM_CONFIG, ESMM_DIR, launch_fleet, run_tool
 
-from paddle_rec_zoo.cli import main as cli_main
+from paddle_rec_zoo.run.cli import main as cli_main
 
 SAMPLE_TRAIN = os.path.join(ESMM_DIR, "data", "train", "part-00000.txt")
 SAMPLE_TEST = os.path.join(ESMM_DIR, "data", "test", "part-00000.txt")
@@ -212,7 +212,7 @@ def test_resume_continues_the_learning_rate_schedule(tmp_path, engine):
     from conftest import esmm_config, esmm_module
     from test_net import batch_of
 
-    from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
+    from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
     cfg = esmm_config(
         "hyper_parameters.sparse_feature_number=500",

@@ -8,10 +8,9 @@ from conftest import esmm_config, esmm_module
 from test_net import batch_of
 from test_parity import assert_same_losses_in_both_engines
 
-from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.sparse import (
+from paddle_rec_zoo.nn.features import FeatureInput
+from paddle_rec_zoo.nn.sparse import (
     ROW_OPTIMIZERS,
     RowLookup,
     RowOptimizer,
@@ -20,6 +19,7 @@ from paddle_rec_zoo.sparse import (
     set_row_ids,
     take_row_lookups,
 )
+from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
 TABLE = "inputs.0.embedding.weight"
 
@@ -158,7 +158,7 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_touched():
     )
     width = cfg_lazy.hyper_parameters.layout().width
     rng = np.random.default_rng(1)
-    from paddle_rec_zoo.data import Batch
+    from paddle_rec_zoo.schema import Batch
 
     ids = np.stack([rng.permutation(np.arange(1, 40))[:width] for _ in range(64)])
     ids[: 39 // width + 1].ravel()[:39] = np.arange(1, 40)  # every row 1..39 in the batch

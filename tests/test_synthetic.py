@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import synthetic as syn
 from sklearn.metrics import roc_auc_score
+
+from paddle_rec_zoo.data.ali_ccp import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "ali-ccp" / "synthetic.py"

@@ -14,10 +14,10 @@ from test_net import batch_of, random_batch
 from test_net import small_config as small
 from test_parity import assert_same_losses_in_both_engines
 
-from paddle_rec_zoo import optim
-from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.metrics import auc, evaluate
+from paddle_rec_zoo.nn import optim
+from paddle_rec_zoo.report.metrics import auc, evaluate
+from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
 VARIANTS = ["esmm", "esmm_ns", "base", "division"]
 GROUPS = (
@@ -384,7 +384,7 @@ def test_easyrec_config_loads_as_documented():
 
 def test_training_with_fewer_tower_metrics_evaluates_and_plots_what_is_declared(tmp_path, capsys):
     """Once a KeyError from plot.py: the tools know only the metrics the model declares."""
-    from paddle_rec_zoo.cli import main
+    from paddle_rec_zoo.run.cli import main
 
     code = main(
         "trainer",

@@ -8,9 +8,9 @@ import pytest
 from conftest import esmm_config, esmm_module
 from test_net import batch_of
 
-from paddle_rec_zoo import checkpoint, warm_start
-from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run import checkpoint, warm_start
+from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
 ROWS = 300
 TABLE = "inputs.0.embedding.weight"
@@ -55,7 +55,7 @@ def table_name(params):
 def test_weights_load_across_engines_and_a_grown_table_keeps_old_rows(tmp_path, src, dst):
     root = trained_run(tmp_path, src)
     saved = checkpoint.read_meta(checkpoint.epoch_dir(root, 0))
-    from paddle_rec_zoo.engines import load_params_file
+    from paddle_rec_zoo.run.engines import load_params_file
 
     old = load_params_file(checkpoint.epoch_dir(root, 0))
     cfg = config(f"runner.model_init_path={root}", rows=ROWS + 50)

@@ -10,8 +10,8 @@ import paddle
 import pytest
 from conftest import ZOO, launch_fleet, model_dir, run_tool, zoo_config, zoo_module
 
-from paddle_rec_zoo.data import Batch
-from paddle_rec_zoo.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
+from paddle_rec_zoo.schema import Batch
 
 NEW = [m for m in ZOO if m != "esmm"]
 
@@ -199,7 +199,7 @@ def test_ait_attention_weights_the_two_inputs_by_their_scores():
 
 
 def test_gates_mix_experts_with_softmax_weights():
-    from paddle_rec_zoo.experts import Gate
+    from paddle_rec_zoo.nn.experts import Gate
 
     gate = Gate(3, 2)
     gate.linear.weight.set_value(np.array([[1, 0], [0, 1], [0, 0]], np.float32))
@@ -304,7 +304,7 @@ def test_the_adding_a_model_recipe_of_the_architecture_doc_runs():
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     namespace: dict = {}
     exec("\n".join(line[3:] for line in code.splitlines()), namespace)  # noqa: S102 - our doc
-    hp = namespace["HyperParameters"](sparse_feature_number=100)
+    hp = namespace["HyperParameters"](sparse_feature_number=100, fields=["101", "205", "210"])
     hp.validate("hyper_parameters")
     net = namespace["MyLayer"](hp)
     ids = np.random.default_rng(0).integers(0, 100, (8, hp.layout().width))

@@ -113,7 +113,7 @@ def model_config(name: str, config_name: str) -> str:
 def data_folder(args, folder: str) -> tuple[str, list[str]]:
     """A data folder of `--models` runs (generated if missing): its test folder and overrides."""
     from paddle_rec_zoo.errors import UserError
-    from paddle_rec_zoo.progress import log
+    from paddle_rec_zoo.report.progress import log
 
     meta_path = os.path.join(folder, "meta.json")
     if not os.path.exists(meta_path):
@@ -134,8 +134,8 @@ def data_folder(args, folder: str) -> tuple[str, list[str]]:
 
 def plan(args, out: str):
     """(row title, [(row name, config path, overrides)], [(run suffix, test folder, overrides)])."""
-    from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.errors import UserError
+    from paddle_rec_zoo.run.config import load_config
 
     if args.models:
         folders = [os.path.abspath(d) for d in args.data] or [os.path.join(out, "data")]
@@ -163,8 +163,8 @@ def plan(args, out: str):
 
 def train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name) -> dict:
     """Train one run and predict the test split (or reuse its predictions); their columns."""
-    from paddle_rec_zoo import experiment_table as table
-    from paddle_rec_zoo.progress import log
+    from paddle_rec_zoo.report import experiment_table as table
+    from paddle_rec_zoo.report.progress import log
 
     trainer, infer = (
         ("static_trainer", "static_infer") if args.engine == "static" else ("trainer", "infer")
@@ -192,17 +192,17 @@ def train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name
 
 
 def network(config_path: str):
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.run.model_loader import load_model_module
 
     model_dir = os.path.dirname(os.path.abspath(config_path))
     return load_model_module(model_dir, "dygraph_model").DygraphModel.network
 
 
 def run(args) -> int:
-    from paddle_rec_zoo import experiment_table as table
-    from paddle_rec_zoo.config import load_config
     from paddle_rec_zoo.errors import UserError
-    from paddle_rec_zoo.progress import log
+    from paddle_rec_zoo.report import experiment_table as table
+    from paddle_rec_zoo.report.progress import log
+    from paddle_rec_zoo.run.config import load_config
 
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")

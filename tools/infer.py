@@ -3,7 +3,7 @@
 python tools/infer.py -m models/multitask/esmm/config.yaml [-o section.key=value ...]
 """
 
-from paddle_rec_zoo.cli import finish, main
+from paddle_rec_zoo.run.cli import finish, main
 
 if __name__ == "__main__":
     finish(main("infer"))

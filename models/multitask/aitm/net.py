@@ -24,10 +24,14 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import Linear, dnn
-from paddle_rec_zoo.multitask import MultiTaskHyperParameters, MultiTaskModel
+from paddle_rec_zoo import (
+    FeatureInput,
+    Linear,
+    MultiTaskHyperParameters,
+    MultiTaskModel,
+    UserError,
+    dnn,
+)
 
 _EPS = 1e-7
 

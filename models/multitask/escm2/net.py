@@ -31,10 +31,14 @@ from dataclasses import dataclass, field
 import paddle
 import paddle.nn.functional as F
 
-from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import mlp
-from paddle_rec_zoo.multitask import MultiTaskHyperParameters, MultiTaskModel, entire_space_outputs
+from paddle_rec_zoo import (
+    FeatureInput,
+    MultiTaskHyperParameters,
+    MultiTaskModel,
+    UserError,
+    entire_space_outputs,
+    mlp,
+)
 
 COUNTERFACTUALS = ("ips", "dr", "none")
 

@@ -2,7 +2,7 @@
 dygraph and static engines.
 
     ids [B, width] ─► features (embedding, pooling, groups) ─┬─► CTR tower ─► pctr
-                     paddle_rec_zoo.features.FeatureInput      └─► CVR tower ─► pcvr
+                     paddle_rec_zoo.nn.features.FeatureInput      └─► CVR tower ─► pcvr
     pctcvr = pctr * pcvr
     loss   = w_ctr · BCE(pctr, click) + w_cvr · BCE(pctcvr, click * buy)   (all impressions)
              + l2_regularization · ½Σ‖dense kernels‖² + embedding_regularization · ½Σ_batch ‖pooled embeddings‖²
@@ -32,10 +32,14 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import mlp
-from paddle_rec_zoo.multitask import MultiTaskHyperParameters, MultiTaskModel, entire_space_outputs
+from paddle_rec_zoo import (
+    FeatureInput,
+    MultiTaskHyperParameters,
+    MultiTaskModel,
+    UserError,
+    entire_space_outputs,
+    mlp,
+)
 
 VARIANTS = ("esmm", "esmm_ns", "base", "division")
 _EPS = 1e-7

@@ -1,7 +1,7 @@
 """Static-graph adapter of ESMM (PIR): PaddleRec's `StaticModel` contract, generic over the
 network."""
 
-from paddle_rec_zoo import adapters
+from paddle_rec_zoo.run import adapters
 
 from .net import ESMMLayer
 

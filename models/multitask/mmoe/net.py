@@ -7,15 +7,14 @@ The tasks share experts, not a bottom: each task's gate weighs the experts per i
 CVR output is fitted over the entire space like ESMM's (`cvr_loss: entire_space`: BCE of
 pctr·pcvr against click·buy on all impressions) or on clicked impressions only (`clicked`).
 Features, experts, towers, losses and regularisation are the zoo's shared ones
-(`paddle_rec_zoo.features`, `.experts`, `.multitask`).
+(`paddle_rec_zoo.nn.features`, `.experts`, `.multitask`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.experts import ExpertsHyperParameters, ExpertsModel, MMoE
+from paddle_rec_zoo import ExpertsHyperParameters, ExpertsModel, MMoE, UserError
 
 
 @dataclass

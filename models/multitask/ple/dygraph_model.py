@@ -1,6 +1,6 @@
 """Dygraph adapter of PLE: PaddleRec's `DygraphModel` contract, generic over the network."""
 
-from paddle_rec_zoo import adapters
+from paddle_rec_zoo.run import adapters
 
 from .net import PLELayer
 

@@ -7,7 +7,7 @@
 Each level has experts of its own for every task and experts shared by all; a task's gate mixes
 its own and the shared experts, which keeps a task's private knowledge from being overwritten by
 the other's (the "seesaw" the paper is about). With one level it is CGC. The CVR output is
-fitted as MMoE's is (`cvr_loss`). Shared parts: `paddle_rec_zoo.features`, `.experts`,
+fitted as MMoE's is (`cvr_loss`). Shared parts: `paddle_rec_zoo.nn.features`, `.experts`,
 `.multitask`.
 """
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.experts import PLE, ExpertsHyperParameters, ExpertsModel
+from paddle_rec_zoo import PLE, ExpertsHyperParameters, ExpertsModel, UserError
 
 
 @dataclass

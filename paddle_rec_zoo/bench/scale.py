@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-import benchmark  # its run_process, machine() and update_doc(); tools/ is on the path
+from paddle_rec_zoo.bench import benchmark  # its run_process, machine() and update_doc()
 
 ROOT = benchmark.ROOT
 CONFIG = os.path.join(benchmark.MODEL_DIR, "config_bigdata.yaml")
@@ -56,10 +56,10 @@ SEED = 1
 CONVERT_BYTES_PER_KEY = 32
 CONVERT_BYTES_PER_COMMON_ROW = 32
 # Training memory per train impression: the epoch's permutation (int64) and its per-batch sorted
-# copies (paddle_rec_zoo.data.Dataset.batch_indices).
+# copies (paddle_rec_zoo.data.dataset.Dataset.batch_indices).
 TRAIN_BYTES_PER_ROW = 16
 # Evaluation memory per test impression: the collected sample ids, outputs and labels, their
-# concatenation and the exact AUC's sort (paddle_rec_zoo.loop.predict_dataset); peak measured
+# concatenation and the exact AUC's sort (paddle_rec_zoo.run.loop.predict_dataset); peak measured
 # with tracemalloc over Collector + metrics.evaluate on 1M rows of ESMM outputs: 116 B.
 EVAL_BYTES_PER_ROW = 116
 # Copies of the embedding table (dim float32 a row) at the peak (doc/benchmarks.md, "Memory, and
@@ -120,8 +120,8 @@ class DiskPeak:
 def read_settings() -> dict:
     """config_bigdata.yaml's batch size, embedding width and ids per row, resolved as the tools
     resolve it (imports Paddle: call it in a child process, see `bigdata_settings`)."""
-    from paddle_rec_zoo.config import load_config
-    from paddle_rec_zoo.model_loader import load_model_module
+    from paddle_rec_zoo.run.config import load_config
+    from paddle_rec_zoo.run.model_loader import load_model_module
 
     adapter = load_model_module(benchmark.MODEL_DIR, "dygraph_model")
     config = load_config(CONFIG, [], adapter.DygraphModel.hyper_parameters_class)
@@ -137,11 +137,13 @@ def bigdata_settings() -> dict:
     """`read_settings()` from a child process. A child's peak RSS (`wait4`) starts from its
     parent's RSS at the fork, so this process must not load Paddle before the stages have run:
     with Paddle loaded here (~300 MB), a 3,000-row generation reported 301 MB."""
-    code = "import json, bench_scale; print(json.dumps(bench_scale.read_settings()))"
+    code = (
+        "import json; from paddle_rec_zoo.bench import scale; "
+        "print(json.dumps(scale.read_settings()))"
+    )
     env = dict(os.environ, PYTHONWARNINGS="ignore", GLOG_minloglevel="2")
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=benchmark.TOOLS,  # where `import bench_scale` finds this file
         env=env,
         check=True,
         capture_output=True,

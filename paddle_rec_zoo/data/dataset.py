@@ -1,6 +1,6 @@
 """From data folders to batches: file listing, a parsed-data cache, shuffling, prefetching.
 
-Text is parsed once (vectorised, `paddle_rec_zoo.slot_parser`; a large file by several processes at once)
+Text is parsed once (vectorised, `paddle_rec_zoo.data.slot_parser`; a large file by several processes at once)
 into flat binary columns kept in a cache folder; later runs memory-map them (and read the rows of
 very large columns with `pread`), so memory stays flat whatever the data size and start-up is
 instant. The cache entry of a file is keyed by its path, size and modification time and by the
@@ -23,27 +23,15 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
 
 import numpy as np
 
-from paddle_rec_zoo import binary_data
+from paddle_rec_zoo.data import binary_data
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.slot_parser import Columns
+from paddle_rec_zoo.schema import Batch, Columns
 
 CACHE_VERSION = 1
 PREAD_BYTES = 1 << 30  # memory-mapped columns at least this large are gathered with pread
-
-
-class Batch(NamedTuple):
-    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64;
-    `rows`: for training row-wise tables, the ids as rows of the batch's own
-    (`paddle_rec_zoo.sparse.RowBatch`), prepared with the batch when the engine asks."""
-
-    ids: np.ndarray
-    labels: np.ndarray
-    sample_id: np.ndarray
-    rows: Any = None
 
 
 def list_data_files(folder: str, key: str) -> list[str]:

@@ -4,7 +4,7 @@
 
 A `UserError` (bad config, bad data, missing checkpoint) is printed as one line and exits 2.
 SIGTERM or SIGINT prints one line and exits 128 + the signal's number; while training, it first
-saves a checkpoint of the step it stopped at (`paddle_rec_zoo.signals`).
+saves a checkpoint of the step it stopped at (`paddle_rec_zoo.run.signals`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def finish(status: int):
     and closed by then. Ranks of a launched job exit normally, as the launcher expects."""
     sys.stdout.flush()
     sys.stderr.flush()
-    from paddle_rec_zoo.distributed import launched_size
+    from paddle_rec_zoo.run.distributed import launched_size
 
     if launched_size() > 1:
         sys.exit(status)
@@ -65,8 +65,8 @@ def finish(status: int):
 
 def main(tool: str, argv=None) -> int:
     args = parse_args(tool, argv)
-    from paddle_rec_zoo import signals
     from paddle_rec_zoo.errors import UserError
+    from paddle_rec_zoo.run import signals
 
     try:
         return run(tool, args)
@@ -88,14 +88,14 @@ def main(tool: str, argv=None) -> int:
 
 
 def run(tool: str, args) -> int:
-    from paddle_rec_zoo import signals
+    from paddle_rec_zoo.run import signals
 
     with signals.installed():  # Paddle's import installs its C++ handlers; ours replace them
         import paddle  # noqa: F401
 
-    from paddle_rec_zoo import runtime
-    from paddle_rec_zoo.config import load_config
-    from paddle_rec_zoo.model_loader import load_model_module, reader_class
+    from paddle_rec_zoo.run import runtime
+    from paddle_rec_zoo.run.config import load_config
+    from paddle_rec_zoo.run.model_loader import load_model_module, reader_class
 
     engine_kind, job = TOOLS[tool]
     model_dir = os.path.dirname(os.path.abspath(args.config))
@@ -106,7 +106,8 @@ def run(tool: str, args) -> int:
     config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
     reader_cls = reader_class(config, job)
 
-    from paddle_rec_zoo import distributed, engines, loop, progress
+    from paddle_rec_zoo.report import progress
+    from paddle_rec_zoo.run import distributed, engines, loop
 
     world = distributed.init(config.runner.use_fleet)
     progress.set_quiet(not world.is_main)

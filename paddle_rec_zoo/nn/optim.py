@@ -1,5 +1,5 @@
 """Optimizers of every model: the dense parameters' (Adam, AdamW, SGD, Adagrad, with an optional
-warm-up and decay schedule) and the embedding tables' row-wise rules (`paddle_rec_zoo.sparse`).
+warm-up and decay schedule) and the embedding tables' row-wise rules (`paddle_rec_zoo.nn.sparse`).
 
 Config: `hyper_parameters.optimizer` and `hyper_parameters.embedding_optimizer`
 (doc/config.md).
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import paddle
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.sparse import ROW_OPTIMIZERS, RowOptimizer
+from paddle_rec_zoo.nn.sparse import ROW_OPTIMIZERS, RowOptimizer
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "adagrad": "Adagrad"}
 DECAYS = ("exponential", "cosine")

@@ -22,10 +22,10 @@ import tempfile
 import numpy as np
 import paddle
 
-from paddle_rec_zoo import checkpoint
-from paddle_rec_zoo.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.progress import log
+from paddle_rec_zoo.report.progress import log
+from paddle_rec_zoo.run import checkpoint
+from paddle_rec_zoo.run.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
 
 KEY = "runner.model_init_path"
 

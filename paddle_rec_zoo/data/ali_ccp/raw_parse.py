@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_rec_zoo.slot_parser import byte_words, parse_uints
+from paddle_rec_zoo.data.slot_parser import byte_words, parse_uints
 
 KEY_SHIFT = 56  # key = field_index << 56 | feature_id
 MAX_DIGITS = 16  # ids below 10**16 < 2**56 fit the key

@@ -53,9 +53,12 @@ import subprocess
 import sys
 import time
 
-import benchmark  # its generate(), overrides(), probes' helpers, run_process(), update_doc()
+try:  # its generate(), overrides(), probes' helpers, run_process(), update_doc()
+    from paddle_rec_zoo.bench import benchmark
+except ModuleNotFoundError:  # a probe (this file run by path) of a checkout before bench/ existed
+    import benchmark
 
-# paddle_rec_zoo.runtime.SERIAL_FLAG; importing runtime would load Paddle into the orchestrator,
+# paddle_rec_zoo.run.runtime.SERIAL_FLAG; importing runtime would load Paddle into the orchestrator,
 # whose memory its children's peak RSS would then include
 SERIAL_FLAG = "FLAGS_new_executor_serial_run"
 
@@ -332,7 +335,7 @@ class _Regions:
         if static:
             self.wrap(engine.adapter, "feed", "feeding")
             return
-        from paddle_rec_zoo.features import FeatureInput
+        FeatureInput = benchmark.zoo("nn.features").FeatureInput
 
         self.wrap(engine.adapter, "create_feeds", "feeding")
         self.wrap(engine.adapter, "create_loss", "loss_fwd")
@@ -352,8 +355,7 @@ class _Regions:
 
 
 def _engine(adapter, config, place, static: bool):
-    from paddle_rec_zoo import engines
-
+    engines = benchmark.zoo("run.engines")
     if static:
         return engines.StaticEngine(adapter, config, training=True, place=place)
     return engines.DygraphEngine(adapter, config, training=True)
@@ -384,7 +386,7 @@ def probe(args) -> dict:
         return result
     import paddle.profiler as profiler
 
-    from paddle_rec_zoo.metrics import TrainMetrics
+    TrainMetrics = benchmark.zoo("report.metrics").TrainMetrics
 
     metrics = TrainMetrics(engine.spec.train_metrics)
     spec, label_names = engine.spec, reader.label_names
@@ -433,7 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser):
         "--profile",
         action="store_true",
         help="instead: the step profile of ESMM (both engines), time per part of a step "
-        "(tools/bench_profile.py)",
+        "(paddle_rec_zoo/bench/step_profile.py)",
     )
     parser.add_argument(
         "--zoo",

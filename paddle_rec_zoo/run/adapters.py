@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
-from paddle_rec_zoo.model import Model, ModelSpec
-from paddle_rec_zoo.model_loader import check_labels, reader_class
-from paddle_rec_zoo.optim import create_embedding_optimizer, create_optimizer
-from paddle_rec_zoo.sparse import set_row_ids
+from paddle_rec_zoo.nn.model import Model, ModelSpec
+from paddle_rec_zoo.nn.optim import create_embedding_optimizer, create_optimizer
+from paddle_rec_zoo.nn.sparse import set_row_ids
+from paddle_rec_zoo.run.model_loader import check_labels, reader_class
 
 
 class _Adapter:
@@ -51,7 +51,7 @@ class _Adapter:
 
     def inputs(self, batch) -> dict:
         """{input name: array} from the batch's columns of the same names; a batch prepared
-        for row-wise tables (`batch.rows`) gives its local ids as `ids` (paddle_rec_zoo.sparse)."""
+        for row-wise tables (`batch.rows`) gives its local ids as `ids` (paddle_rec_zoo.nn.sparse)."""
         found = {i.name: getattr(batch, i.name) for i in self.spec.inputs}
         if batch.rows is not None:
             found["ids"] = batch.rows.local
@@ -89,7 +89,7 @@ class DygraphModel(_Adapter):
 
     def train_forward(self, net, batch):
         """(loss tensor, outputs dict of [B, 1] tensors). A batch prepared for row-wise tables
-        (`batch.rows`, see `paddle_rec_zoo.sparse.row_batch`) trains them on its own rows."""
+        (`batch.rows`, see `paddle_rec_zoo.nn.sparse.row_batch`) trains them on its own rows."""
         feeds = self.create_feeds(batch)
         if batch.rows is not None:
             set_row_ids(net, paddle.to_tensor(batch.rows.uniq))

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import paddle
 
-from paddle_rec_zoo import cpu_math
-from paddle_rec_zoo.data import usable_cores
-from paddle_rec_zoo.progress import log
+from paddle_rec_zoo.data.dataset import usable_cores
+from paddle_rec_zoo.report.progress import log
+from paddle_rec_zoo.run import cpu_math
 
 
 def math_threads(requested: int) -> int:

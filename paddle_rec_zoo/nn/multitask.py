@@ -13,9 +13,9 @@ import paddle
 import paddle.nn.functional as F
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureHyperParameters
-from paddle_rec_zoo.metrics import KINDS, Metric
-from paddle_rec_zoo.model import Input, Model, ModelSpec
+from paddle_rec_zoo.nn.features import FeatureHyperParameters
+from paddle_rec_zoo.nn.model import Input, Model, ModelSpec
+from paddle_rec_zoo.report.metrics import KINDS, Metric
 
 DEFAULT_TOWER = [256, 64]
 OUTPUTS = ("pctr", "pcvr", "pctcvr")

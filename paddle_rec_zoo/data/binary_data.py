@@ -38,8 +38,8 @@ import tempfile
 
 import numpy as np
 
+from paddle_rec_zoo.data.slot_parser import fold_ids
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.slot_parser import fold_ids
 
 FORMAT = "ali-ccp-binary/1"
 MARKER = "dataset.json"

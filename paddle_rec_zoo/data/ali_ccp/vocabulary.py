@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from raw_parse import KEY_SHIFT, MAX_DIGITS
 
-from paddle_rec_zoo.ali_ccp import FIELDS
+from paddle_rec_zoo.data.ali_ccp import FIELDS
+from paddle_rec_zoo.data.ali_ccp.raw_parse import KEY_SHIFT, MAX_DIGITS
 from paddle_rec_zoo.errors import UserError
 
 VOCAB_FILE = "vocab.txt"  # line n: `field:raw_feature_id` of feasign n

@@ -4,7 +4,7 @@ labels and metrics (`ModelSpec`), and defines its loss.
 The engines, loops, plots and experiment tables read only these declarations; nothing in
 `tools/` or in the generic modules of this package names a model, an output, a label or a
 metric. A model folder's `net.py` defines one `Model` subclass; its `dygraph_model.py` and
-`static_model.py` bind it to the generic adapters (`paddle_rec_zoo.adapters`).
+`static_model.py` bind it to the generic adapters (`paddle_rec_zoo.run.adapters`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import paddle.nn as nn
 
-from paddle_rec_zoo.metrics import Metric
+from paddle_rec_zoo.report.metrics import Metric
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelSpec:
     - `train_metrics`: running values in training logs (AUCs only, from histograms);
     - `truth_metrics`: with a data set's true probabilities (synthetic data): metrics whose
       labels are `truth_<output>` (the true probability) or `truth_<output>_label` (a label drawn
-      from it), see `paddle_rec_zoo.experiment_table.Truth`;
+      from it), see `paddle_rec_zoo.report.experiment_table.Truth`;
     - `counts`: positives counted in an evaluation's result, {name: label columns multiplied};
     - `label_keys`: the config key that chose each label column (for error messages).
     """
@@ -91,7 +91,7 @@ class Model(nn.Layer):
         return {k: truth[k] for k in spec.outputs if k in truth}
 
     # ---- regularisation every model may use (hyper_parameters.l2_regularization and
-    # embedding_regularization, see paddle_rec_zoo.features.FeatureHyperParameters)
+    # embedding_regularization, see paddle_rec_zoo.nn.features.FeatureHyperParameters)
     def dense_l2(self):
         """½·Σ‖W‖² over the kernels (not biases) of every dense layer (TensorFlow's l2_loss)."""
         total = None

@@ -18,9 +18,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.features import FeatureInput
-from paddle_rec_zoo.layers import Linear, dnn, mlp
-from paddle_rec_zoo.multitask import (
+from paddle_rec_zoo.nn.features import FeatureInput
+from paddle_rec_zoo.nn.layers import Linear, dnn, mlp
+from paddle_rec_zoo.nn.multitask import (
     CVR_LOSSES,
     MultiTaskHyperParameters,
     MultiTaskModel,

@@ -18,12 +18,11 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from paddle_rec_zoo import ali_ccp
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.layers import dnn
-from paddle_rec_zoo.optim import EmbeddingOptimizerConfig, OptimizerConfig
-from paddle_rec_zoo.slot_parser import FieldLayout
-from paddle_rec_zoo.sparse import SparseEmbedding
+from paddle_rec_zoo.nn.layers import dnn
+from paddle_rec_zoo.nn.optim import EmbeddingOptimizerConfig, OptimizerConfig
+from paddle_rec_zoo.nn.sparse import SparseEmbedding
+from paddle_rec_zoo.schema import FieldLayout
 
 POOLINGS = ("sum", "mean")
 
@@ -53,7 +52,7 @@ class FeatureHyperParameters:
     sparse_feature_number: int = 737946  # embedding rows; every feasign must be below it
     hash_ids: bool = False  # fold feasigns >= sparse_feature_number into the table, no error
     sparse_feature_dim: int = 12
-    fields: list[str] = field(default_factory=lambda: list(ali_ccp.FIELDS))
+    fields: list[str] = field(default_factory=list)  # config: the reader's FIELDS if not set
     max_len: int = 3  # feasigns kept per field and line (the first ones)
     pooling: str = "sum"  # sum or mean of a field's embeddings
     field_options: dict[str, FieldOptions] = field(default_factory=dict)

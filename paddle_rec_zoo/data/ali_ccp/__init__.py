@@ -1,6 +1,6 @@
 """The Ali-CCP data set: its fields, its label columns and its reader (`runner.train_reader_path:
 ali_ccp`), of PaddleRec's slot format, `sample_id,click,buy,field:feasign,...`, or of the
-converter's binary data set (a folder with `dataset.json`, see `paddle_rec_zoo.binary_data`).
+converter's binary data set (a folder with `dataset.json`, see `paddle_rec_zoo.data.binary_data`).
 
 Every token from the 4th column on of the form `field:feasign` is a feature (PaddleRec's own
 reader skips the 4th column, which in its published sample holds a real feature); tokens without
@@ -10,8 +10,8 @@ Ali-CCP (a purchase without a click) and are dropped and counted.
 
 from __future__ import annotations
 
-from paddle_rec_zoo.binary_data import BinaryPart
-from paddle_rec_zoo.slot_parser import BadLines, SlotParser
+from paddle_rec_zoo.data.binary_data import BinaryPart
+from paddle_rec_zoo.data.slot_parser import BadLines, SlotParser
 
 # The 23 Ali-CCP fields in PaddleRec's order (user id, user histories, user profile, item,
 # crosses, context; their meanings: doc/data.md, "The 23 fields"): the default

@@ -16,8 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from raw_parse import line_number
-
+from paddle_rec_zoo.data.ali_ccp.raw_parse import line_number
 from paddle_rec_zoo.errors import UserError
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from paddle_rec_zoo import cpu_math, paddlerec_keys
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run import cpu_math, model_loader, paddlerec_keys
 
 _PATH = "path"
 
@@ -235,16 +235,19 @@ def load_config(path: str, overrides: list[str] | None = None, hyper_cls: type |
     runner = build_dataclass(RunnerConfig, data.get("runner") or {}, "runner")
     if hyper_cls is None:
         raise ValueError("hyper_cls is required")
-    hyper = build_dataclass(hyper_cls, data.get("hyper_parameters") or {}, "hyper_parameters")
-    cfg = Config(runner=runner, hyper_parameters=hyper, config_path=os.path.abspath(path))
-    cfg.notes.extend(notes)
-    paddlerec_keys.check(cfg, checked)
     if runner.infer_end_epoch < 0:
         runner.infer_end_epoch = runner.epochs
     if not runner.infer_load_path:
         runner.infer_load_path = runner.model_save_path
     if not runner.infer_reader_path:
         runner.infer_reader_path = runner.train_reader_path
+    cfg = Config(runner=runner, hyper_parameters=None, config_path=os.path.abspath(path))
+    hyper_data = data.get("hyper_parameters") or {}
+    if "fields" not in hyper_data and "fields" in {f.name for f in dataclasses.fields(hyper_cls)}:
+        hyper_data = {**hyper_data, "fields": list(model_loader.reader_fields(cfg))}
+    cfg.hyper_parameters = build_dataclass(hyper_cls, hyper_data, "hyper_parameters")
+    cfg.notes.extend(notes)
+    paddlerec_keys.check(cfg, checked)
     if runner.test_data_dir and runner.test_data_dir == runner.train_data_dir:
         cfg.notes.append(  # PaddleRec's own ESMM config.yaml does this
             "runner.test_data_dir is the training data: evaluation will measure fit, not "

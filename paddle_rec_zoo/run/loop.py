@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import paddle
 
-from paddle_rec_zoo import checkpoint, plot, signals, warm_start
-from paddle_rec_zoo.data import Dataset, default_cache_dir, list_data_files
-from paddle_rec_zoo.distributed import World
+from paddle_rec_zoo.data.dataset import Dataset, default_cache_dir, list_data_files
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.metrics import Collector, TrainMetrics, fmt
-from paddle_rec_zoo.metrics import evaluate as evaluate_metrics
-from paddle_rec_zoo.progress import log, progress, set_postfix
+from paddle_rec_zoo.report import plot
+from paddle_rec_zoo.report.metrics import Collector, TrainMetrics, fmt
+from paddle_rec_zoo.report.metrics import evaluate as evaluate_metrics
+from paddle_rec_zoo.report.progress import log, progress, set_postfix
+from paddle_rec_zoo.run import checkpoint, signals, warm_start
+from paddle_rec_zoo.run.distributed import World
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"

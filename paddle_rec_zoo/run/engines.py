@@ -4,7 +4,7 @@
 - `StaticEngine`: a `paddle.static.Program` under PIR, over the model's `StaticModel` adapter.
 - `InferenceEngine`: an exported Paddle Inference model (`paddle.inference` predictor).
 
-Each holds the model's declarations as `spec` (`paddle_rec_zoo.model.ModelSpec`): the inputs
+Each holds the model's declarations as `spec` (`paddle_rec_zoo.nn.model.ModelSpec`): the inputs
 it feeds, the outputs it returns, the labels and metrics the loops compute.
 
 All three exchange numpy: `train_step(batch) -> (loss, outputs)`, `predict(batch) -> outputs`,
@@ -20,10 +20,10 @@ import pickle
 import numpy as np
 import paddle
 
-from paddle_rec_zoo.distributed import World
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.runtime import math_threads
-from paddle_rec_zoo.sparse import ROW_IDS, row_batch, row_tables, take_row_lookups
+from paddle_rec_zoo.nn.sparse import ROW_IDS, row_batch, row_tables, take_row_lookups
+from paddle_rec_zoo.run.distributed import World
+from paddle_rec_zoo.run.runtime import math_threads
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"

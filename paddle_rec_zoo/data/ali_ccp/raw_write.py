@@ -17,10 +17,10 @@ import os
 import shutil
 
 import numpy as np
-from raw_parse import KEY_SHIFT, MAX_DIGITS, parse_uint
 
-from paddle_rec_zoo.binary_data import FORMAT as BINARY_FORMAT
-from paddle_rec_zoo.slot_parser import byte_words
+from paddle_rec_zoo.data.ali_ccp.raw_parse import KEY_SHIFT, MAX_DIGITS, parse_uint
+from paddle_rec_zoo.data.binary_data import FORMAT as BINARY_FORMAT
+from paddle_rec_zoo.data.slot_parser import byte_words
 
 PART_COLUMNS = ("sample_id", "labels", "user", "item_len", "item_ids")
 COMMON_COLUMNS = ("common_offsets", "common_ids")

@@ -21,73 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.schema import MAX_FIELD_BYTES, Columns, FieldLayout
 
 _NL, _CR, _COMMA, _COLON, _ZERO, _NINE = 10, 13, 44, 58, 48, 57
 _MAX_DIGITS = 18  # fits int64 without overflow checks
-_MAX_FIELD_BYTES = 8  # field names are packed into one uint64
-
-
-@dataclass(frozen=True)
-class FieldLayout:
-    """Where each field's feasigns sit in a row of the `ids` matrix.
-
-    Field f occupies columns `offsets[f] : offsets[f] + max_lens[f]`; `width` is the total.
-    """
-
-    names: tuple[str, ...]
-    max_lens: tuple[int, ...]
-
-    def __post_init__(self):
-        if len(self.names) != len(self.max_lens):
-            raise ValueError("one max_len per field")
-        if len(set(self.names)) != len(self.names):
-            dup = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise UserError(f"field list names {dup} more than once")
-        for name, n in zip(self.names, self.max_lens, strict=True):
-            if n < 1:
-                raise UserError(f"field {name}: max_len must be at least 1, got {n}")
-            if not 0 < len(name.encode()) <= _MAX_FIELD_BYTES or ":" in name or "," in name:
-                raise UserError(f"field name {name!r}: 1 to 8 bytes, no ':' or ','")
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in np.cumsum((0,) + self.max_lens[:-1]))
-
-    @property
-    def width(self) -> int:
-        return int(sum(self.max_lens))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class Columns:
-    """Parsed rows: `sample_id` [N] int64, `labels` [N, k] int8, `ids` [N, width] int64."""
-
-    sample_id: np.ndarray
-    labels: np.ndarray
-    ids: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.sample_id)
-
-    def take(self, mask_or_index) -> Columns:
-        return Columns(
-            self.sample_id[mask_or_index], self.labels[mask_or_index], self.ids[mask_or_index]
-        )
-
-    @staticmethod
-    def concat(parts: list[Columns], n_labels: int, width: int) -> Columns:
-        if not parts:
-            return Columns(
-                np.zeros(0, np.int64), np.zeros((0, n_labels), np.int8), np.zeros((0, width))
-            )
-        return Columns(
-            np.concatenate([p.sample_id for p in parts]),
-            np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.ids for p in parts]),
-        )
 
 
 @dataclass
@@ -135,7 +72,7 @@ def fold_ids(ids: np.ndarray, id_limit: int) -> np.ndarray:
 
 def _pack_name(name: str) -> int:
     raw = name.encode()
-    return int.from_bytes(raw + b"\0" * (_MAX_FIELD_BYTES - len(raw)), "little")
+    return int.from_bytes(raw + b"\0" * (MAX_FIELD_BYTES - len(raw)), "little")
 
 
 class SlotParser:
@@ -268,7 +205,7 @@ class SlotParser:
         feat = np.flatnonzero((tok_idx >= n_head) & (tok_len >= 2))
         fstart = tok_start[feat]
         name_len = _first_byte(words[fstart + 1], _COLON) + 1  # 9 = no ':' in reach
-        has = name_len < np.minimum(tok_len[feat], _MAX_FIELD_BYTES + 1)
+        has = name_len < np.minimum(tok_len[feat], MAX_FIELD_BYTES + 1)
         feat, fstart, name_len = feat[has], fstart[has], name_len[has]
         colon, fend = fstart + name_len, tok_end[feat]
         key = words[fstart] & _LOW_BYTES[name_len]

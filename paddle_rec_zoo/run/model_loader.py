@@ -40,7 +40,10 @@ def load_model_module(model_dir: str, name: str) -> types.ModuleType:
 
 # The data sets' readers in this package, by the name a config gives them
 # (`runner.train_reader_path` / `infer_reader_path`). `reader` is the name older configs used.
-DATASET_READERS = {"ali_ccp": "paddle_rec_zoo.ali_ccp", "reader": "paddle_rec_zoo.ali_ccp"}
+DATASET_READERS = {
+    "ali_ccp": "paddle_rec_zoo.data.ali_ccp",
+    "reader": "paddle_rec_zoo.data.ali_ccp",
+}
 
 
 READER_KEYS = {"train": "train_reader_path", "infer": "infer_reader_path"}
@@ -78,6 +81,22 @@ def reader_class(config, job: str = "train") -> type:
     folder of that name (a custom reader), else one of the package's data sets."""
     check_reader_keys(config)
     return _reader_module(config, getattr(config.runner, READER_KEYS[job])).Reader
+
+
+def reader_fields(config) -> tuple[str, ...]:
+    """The fields of the training reader's data set (its module's `FIELDS`): the models' default
+    `hyper_parameters.fields`, so the building blocks need not know any data set. A reader key
+    that names no reader (PaddleRec's `esmm_reader`, which reads Ali-CCP) gets Ali-CCP's fields
+    here, so the rest of the config is checked; the tools then refuse the key itself."""
+    name = config.runner.train_reader_path
+    module = _reader_module(config, name) or importlib.import_module(DATASET_READERS["ali_ccp"])
+    fields = getattr(module, "FIELDS", None)
+    if not fields:
+        raise UserError(
+            f"hyper_parameters.fields is not set and the reader {name} has no default "
+            f"(a module-level FIELDS); list the fields in {os.path.basename(config.config_path)}"
+        )
+    return tuple(fields)
 
 
 def check_labels(spec, label_names: tuple[str, ...]):
