@@ -29,11 +29,13 @@ _EXPORTS = {
     "MultiTaskModel": "nn.multitask",
     "MultiTaskHyperParameters": "nn.multitask",
     "entire_space_outputs": "nn.multitask",
+    "division_outputs": "nn.multitask",
     "ExpertsModel": "nn.experts",
     "ExpertsHyperParameters": "nn.experts",
     "MMoE": "nn.experts",
     "PLE": "nn.experts",
     "Metric": "report.metrics",
+    "EPS": "report.metrics",
     "adapters": "run.adapters",
 }
 __all__ = sorted(_EXPORTS)

@@ -112,7 +112,8 @@ def test_division_pcvr_is_clipped_to_one():
     out = net(paddle.to_tensor(random_batch(cfg)[0]))
     pcvr = out["pcvr"].numpy()
     assert ((pcvr >= 0) & (pcvr <= 1)).all() and np.allclose(pcvr, 1.0)
-    assert (out["pctcvr"].numpy() > out["pctr"].numpy()).all()  # unclipped division would be > 1
+    assert (out["p_ctcvr"].numpy() > out["pctr"].numpy()).all()  # unclipped division would be > 1
+    np.testing.assert_allclose(out["pctcvr"].numpy(), out["pctr"].numpy(), rtol=1e-6)  # pctr·1
 
 
 def test_variants_own_or_share_embeddings():

@@ -15,14 +15,13 @@ import paddle.nn.functional as F
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.nn.features import FeatureHyperParameters
 from paddle_rec_zoo.nn.model import Input, Model, ModelSpec
-from paddle_rec_zoo.report.metrics import KINDS, Metric
+from paddle_rec_zoo.report.metrics import EPS, KINDS, Metric
 
 DEFAULT_TOWER = [256, 64]
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
 TOWERS = ("ctr", "cvr")
 CVR_LOSSES = ("entire_space", "clicked")  # how a CVR output is fitted (see MultiTaskModel)
 DEFAULT_LABELS = {"ctr": "click", "cvr": "buy"}
-_EPS = 1e-7
 
 
 @dataclass
@@ -194,11 +193,28 @@ def entire_space_outputs(ctr_logit, cvr_logit) -> dict:
     }
 
 
+def division_outputs(ctr_logit, ctcvr_logit) -> dict:
+    """The declared outputs of a model with a CTCVR head instead of a CVR tower (DIVISION: ESMM's
+    `division` variant, AITM): pcvr = σ(ctcvr) / σ(ctr) clipped to [0, 1], and, as for every
+    CTR/CVR model, pctcvr = pctr · pcvr, so pctcvr never exceeds pctr (it is min(σ(ctcvr), pctr)).
+    `p_ctcvr` is the head's own probability, the one its loss fits."""
+    pctr, p_ctcvr = F.sigmoid(ctr_logit), F.sigmoid(ctcvr_logit)
+    pcvr = paddle.clip(p_ctcvr / paddle.clip(pctr, min=EPS), 0.0, 1.0)
+    return {
+        "ctr_logit": ctr_logit,
+        "ctcvr_logit": ctcvr_logit,
+        "p_ctcvr": p_ctcvr,
+        "pctr": pctr,
+        "pcvr": pcvr,
+        "pctcvr": pctr * pcvr,
+    }
+
+
 def ctcvr_bce(ctr_logit, cvr_logit, ctcvr):
     """Batch-mean BCE(σ(a)·σ(b), ctcvr), from the logits: log pctcvr = log σ(a) + log σ(b) is
     exact where the product would underflow, and only 1 - pctcvr needs a floor."""
     log_p = F.log_sigmoid(ctr_logit) + F.log_sigmoid(cvr_logit)
-    log_not_p = paddle.log(paddle.clip(1.0 - paddle.exp(log_p), min=_EPS))
+    log_not_p = paddle.log(paddle.clip(1.0 - paddle.exp(log_p), min=EPS))
     return -(ctcvr * log_p + (1.0 - ctcvr) * log_not_p).mean()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EPS = 1e-7
+EPS = 1e-7  # the floor of a probability in a log: log loss here, the models' losses
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -36,7 +36,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def logloss(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), _EPS, 1 - _EPS)
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), EPS, 1 - EPS)
     y = np.asarray(labels, dtype=np.float64).ravel()
     if len(y) == 0:
         return float("nan")

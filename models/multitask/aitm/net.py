@@ -30,10 +30,9 @@ from paddle_rec_zoo import (
     MultiTaskHyperParameters,
     MultiTaskModel,
     UserError,
+    division_outputs,
     dnn,
 )
-
-_EPS = 1e-7
 
 
 @dataclass
@@ -90,18 +89,9 @@ class AITMLayer(MultiTaskModel):
         x, pooled = self.input(ids)
         q1, q2 = self.ctr_tower(x), self.cvr_tower(x)
         z2 = self.ait(self.info(q1), q2)
-        ctr_logit, ctcvr_logit = self.ctr_out(q1), self.ctcvr_out(z2)
-        pctr, p_ctcvr = F.sigmoid(ctr_logit), F.sigmoid(ctcvr_logit)
-        pcvr = paddle.clip(p_ctcvr / paddle.clip(pctr, min=_EPS), 0.0, 1.0)
-        return {
-            "ctr_logit": ctr_logit,
-            "ctcvr_logit": ctcvr_logit,
-            "p_ctcvr": p_ctcvr,
-            "pctr": pctr,
-            "pcvr": pcvr,
-            "pctcvr": pctr * pcvr,
-            "embedding_reg": self.embedding_penalty([pooled]),
-        }
+        out = division_outputs(self.ctr_out(q1), self.ctcvr_out(z2))
+        out["embedding_reg"] = self.embedding_penalty([pooled])
+        return out
 
     def loss(self, outputs: dict, labels: dict):
         total, parts = self.task_loss(outputs, labels, "ctcvr_head")

@@ -32,6 +32,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddle_rec_zoo import (
+    EPS,
     FeatureInput,
     MultiTaskHyperParameters,
     MultiTaskModel,
@@ -127,8 +128,8 @@ def counterfactual_risk(cvr_logit, buy, click, pctr, clip: float, imputed_label=
     # the imputation tower's side: pCVR fixed, r̃ learned where the error is observed
     pcvr = F.sigmoid(cvr_logit).detach()
     imputed_for_r = -(
-        imputed_label * paddle.log(paddle.clip(pcvr, min=1e-7))
-        + (1 - imputed_label) * paddle.log(paddle.clip(1 - pcvr, min=1e-7))
+        imputed_label * paddle.log(paddle.clip(pcvr, min=EPS))
+        + (1 - imputed_label) * paddle.log(paddle.clip(1 - pcvr, min=EPS))
     )
     imputation = (click * (error.detach() - imputed_for_r) ** 2 / propensity).mean()
     return risk, imputation

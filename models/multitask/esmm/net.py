@@ -28,21 +28,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from paddle_rec_zoo import (
     FeatureInput,
     MultiTaskHyperParameters,
     MultiTaskModel,
     UserError,
+    division_outputs,
     entire_space_outputs,
     mlp,
 )
 
 VARIANTS = ("esmm", "esmm_ns", "base", "division")
-_EPS = 1e-7
 
 
 @dataclass
@@ -101,11 +99,7 @@ class ESMMLayer(MultiTaskModel):
             pooled.append(cvr_pooled)
         ctr_logit = self.ctr_tower(ctr_x)
         if self.variant == "division":
-            ctcvr_logit = self.ctcvr_tower(cvr_x)
-            pctr, pctcvr = F.sigmoid(ctr_logit), F.sigmoid(ctcvr_logit)
-            pcvr = paddle.clip(pctcvr / paddle.clip(pctr, min=_EPS), 0.0, 1.0)
-            out = {"ctr_logit": ctr_logit, "ctcvr_logit": ctcvr_logit}
-            out.update(pctr=pctr, pcvr=pcvr, pctcvr=pctcvr)
+            out = division_outputs(ctr_logit, self.ctcvr_tower(cvr_x))
         else:
             out = entire_space_outputs(ctr_logit, self.cvr_tower(cvr_x))
         out["embedding_reg"] = self.embedding_penalty(pooled)
