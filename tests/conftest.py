@@ -112,8 +112,10 @@ def run_tool(tool: str, *args: str, cwd: str = ROOT, timeout: int = 300):
 
 @pytest.fixture(autouse=True)
 def _dygraph_mode():
-    """Static-engine tests switch Paddle's global mode; give every test dygraph back."""
+    """Every test ends in the mode it began in, dygraph: the engines and the tools give Paddle's
+    global mode back (a test that switches it itself must switch it back)."""
     yield
     paddle = sys.modules.get("paddle")  # tests that never load Paddle do not import it
-    if paddle is not None:
+    if paddle is not None and not paddle.in_dynamic_mode():
         paddle.disable_static()
+        pytest.fail("the test left Paddle in static mode")

@@ -24,7 +24,6 @@ def test_dygraph_and_static_outputs_agree_from_the_same_weights(tmp_path):
     before = st.predict(batch)
     st.load(str(tmp_path))
     st_out = st.predict(batch)
-    paddle.disable_static()
     assert not np.allclose(before["pctr"], dy_out["pctr"], atol=1e-5)  # loading really happened
     for name in ("pctr", "pcvr", "pctcvr"):
         np.testing.assert_allclose(st_out[name], dy_out[name], atol=1e-5, rtol=0)
@@ -38,7 +37,6 @@ def assert_same_losses_in_both_engines(cfg, batch, steps: int, seed: int = 11):
     paddle.seed(seed)
     st = StaticEngine(esmm_module("static_model"), cfg)
     st_losses = [st.train_step(batch)[0] for _ in range(steps)]
-    paddle.disable_static()
     np.testing.assert_allclose(st_losses, dy_losses, rtol=1e-4)
 
 

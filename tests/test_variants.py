@@ -56,7 +56,6 @@ def test_variant_trains_in_both_engines_with_parity(variant, tmp_path):
     st.train_step(batch)  # the static train program runs too
     st.load(str(tmp_path))
     st_out = st.predict(batch)
-    paddle.disable_static()
     for name in ("pctr", "pcvr", "pctcvr"):
         assert ((dy_out[name] >= 0) & (dy_out[name] <= 1)).all()
         np.testing.assert_allclose(st_out[name], dy_out[name], atol=1e-5, rtol=0)

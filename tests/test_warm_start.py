@@ -28,7 +28,6 @@ def config(*overrides, rows=ROWS):
 def build(kind, cfg, seed=3):
     paddle.seed(seed)
     if kind == "dygraph":
-        paddle.disable_static()
         return DygraphEngine(esmm_module("dygraph_model"), cfg)
     return StaticEngine(esmm_module("static_model"), cfg)
 
@@ -42,7 +41,6 @@ def trained_run(tmp_path, kind, steps=3) -> str:
     meta = {"epoch": 0, "step": steps, "engine": engine.name, "config": cfg.to_dict()}
     root = str(tmp_path / f"run-{kind}")
     checkpoint.save(root, 0, engine.save, meta)
-    paddle.disable_static()
     return root
 
 
@@ -63,7 +61,6 @@ def test_weights_load_across_engines_and_a_grown_table_keeps_old_rows(tmp_path, 
     fresh = engine.get_params()
     warm_start.load(cfg, engine)
     now = engine.get_params()
-    paddle.disable_static()
     name = table_name(now)
     assert now[name].shape == (ROWS + 50, 12)
     np.testing.assert_array_equal(now[name][:ROWS], old[name])  # yesterday's ids, same rows
@@ -99,7 +96,6 @@ def test_optimizer_state_only_when_asked_and_its_new_rows_start_at_zero(tmp_path
     assert all(not np.asarray(v).any() for v in fresh)
     # and training on goes on from there
     loss, _ = engine.train_step(batch_of(cfg, n=64, seed=9))
-    paddle.disable_static()
     assert np.isfinite(loss)
 
 
@@ -133,7 +129,6 @@ def test_mismatches_are_one_line_errors(tmp_path, overrides, rows, kind, message
     engine = build(kind, cfg)
     with pytest.raises(UserError) as err:
         warm_start.load(cfg, engine)
-    paddle.disable_static()
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -94,7 +94,6 @@ def test_same_seed_same_training_in_both_engines(model, extra):
     st = StaticEngine(zoo_module(model, "static_model"), cfg)
     st_losses = [st.train_step(b)[0] for _ in range(5)]
     st_out = st.predict(b)
-    paddle.disable_static()
     np.testing.assert_allclose(st_losses, dy_losses, rtol=1e-4)
     for name in ("pctr", "pcvr", "pctcvr"):
         np.testing.assert_allclose(st_out[name], dy_out[name], atol=1e-5)

@@ -10,16 +10,10 @@ saves a checkpoint of the step it stopped at (`paddle_rec_zoo.run.signals`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-
-# Before Paddle is imported: keep its C++ INFO logging off our console.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("FLAGS_call_stack_level", "0")
-warnings.filterwarnings("ignore", message="No ccache found")
-# Raised inside Paddle's own PIR backward pass (optimizer.minimize), not by our code.
-warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
 
 TOOLS = {
     "trainer": ("dygraph", "train"),
@@ -63,8 +57,19 @@ def finish(status: int):
     os._exit(status)
 
 
+def quiet_paddle():
+    """Keep Paddle's C++ INFO logging and its own warnings off our console. Before Paddle is
+    imported (it reads GLOG_* then); a value the user set wins."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("FLAGS_call_stack_level", "0")
+    warnings.filterwarnings("ignore", message="No ccache found")
+    # Raised inside Paddle's own PIR backward pass (optimizer.minimize), not by our code.
+    warnings.filterwarnings("ignore", message="Tensor do not have 'place' interface")
+
+
 def main(tool: str, argv=None) -> int:
     args = parse_args(tool, argv)
+    quiet_paddle()
     from paddle_rec_zoo.errors import UserError
     from paddle_rec_zoo.run import signals
 
@@ -107,24 +112,36 @@ def run(tool: str, args) -> int:
     reader_cls = reader_class(config, job)
 
     from paddle_rec_zoo.report import progress
-    from paddle_rec_zoo.run import distributed, engines, loop
+    from paddle_rec_zoo.run import distributed, loop
 
     world = distributed.init(config.runner.use_fleet)
-    progress.set_quiet(not world.is_main)
-    for note in config.notes:
-        progress.log(note)
-    place = runtime.setup(config, static=engine_kind == "static")
+    with progress.quiet(not world.is_main):
+        for note in config.notes:
+            progress.log(note)
+        static = engine_kind == "static"
+        place = runtime.setup(config, static=static)
+        # a static tool runs in static mode throughout; run in-process, it leaves the mode it found
+        with runtime.static_mode() if static else contextlib.nullcontext():
+            engine, reader = _engine(
+                engine_kind, job, adapter, model_cls, config, reader_cls, world, place
+            )
+            if job == "train":
+                loop.train(config, engine, reader, world)
+            else:
+                loop.evaluate(config, engine, reader, world)
+    return 0
+
+
+def _engine(engine_kind, job, adapter, model_cls, config, reader_cls, world, place):
+    """The tool's engine over the model, and the data set's reader."""
+    from paddle_rec_zoo.run import engines
+
     reader = reader_cls(config)
     training = job == "train"
     kwargs = {"training": training, "world": world, "label_names": reader.label_names}
     if engine_kind == "dygraph":
-        engine = engines.DygraphEngine(adapter, config, **kwargs)
-    elif not training and config.runner.use_inference:
-        engine = engines.InferenceEngine(model_cls(config, reader.label_names).spec, config)
-    else:
-        engine = engines.StaticEngine(adapter, config, place=place, **kwargs)
-    if training:
-        loop.train(config, engine, reader, world)
-    else:
-        loop.evaluate(config, engine, reader, world)
-    return 0
+        return engines.DygraphEngine(adapter, config, **kwargs), reader
+    if not training and config.runner.use_inference:
+        spec = model_cls(config, reader.label_names).spec
+        return engines.InferenceEngine(spec, config), reader
+    return engines.StaticEngine(adapter, config, place=place, **kwargs), reader

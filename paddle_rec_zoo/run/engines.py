@@ -23,7 +23,7 @@ import paddle
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.nn.sparse import ROW_IDS, row_batch, row_tables, take_row_lookups
 from paddle_rec_zoo.run.distributed import World
-from paddle_rec_zoo.run.runtime import math_threads
+from paddle_rec_zoo.run.runtime import in_static_mode, math_threads, selected_gpu
 
 PARAMS_FILE = "rec.pdparams"
 OPT_FILE = "rec.pdopt"
@@ -279,6 +279,7 @@ class StaticEngine:
 
     name = "static"
 
+    @in_static_mode
     def __init__(
         self,
         adapter_module,
@@ -290,7 +291,6 @@ class StaticEngine:
     ):
         """`label_names`: the reader's label columns (default: those of the config's reader)."""
         world = self.world = world or World()
-        paddle.enable_static()
         self.config = config
         self.place = place or paddle.CPUPlace()
         self.exe = paddle.static.Executor(self.place)
@@ -342,6 +342,7 @@ class StaticEngine:
         """Per-batch work that needs no model, done in the data thread (`Dataset.batches`)."""
         return _prepared(batch, self.row_optimizer is not None, self.world)
 
+    @in_static_mode
     def train_step(self, batch):
         names = ["loss", *self.output_names]
         row_wise = self.row_optimizer is not None
@@ -359,6 +360,7 @@ class StaticEngine:
         loss = float(np.asarray(out.pop("loss")))
         return loss, {k: np.asarray(v).ravel() for k, v in out.items()}
 
+    @in_static_mode
     def predict(self, batch) -> dict:
         values = self.exe.run(
             self.infer_program,
@@ -421,6 +423,7 @@ class StaticEngine:
         _write_pickle(os.path.join(folder, OPT_FILE), self._optimizer_state())
         self.export_inference(os.path.join(folder, INFERENCE_PREFIX))
 
+    @in_static_mode
     def export_inference(self, prefix: str):
         paddle.static.save_inference_model(
             prefix,
@@ -482,8 +485,7 @@ class InferenceEngine:
         cfg.disable_glog_info()
         if self.config.runner.use_gpu and paddle.is_compiled_with_cuda():
             # the GPU runtime.setup selected; inputs are copied host -> device by the predictor
-            device_id = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
-            cfg.enable_use_gpu(256, device_id)
+            cfg.enable_use_gpu(256, selected_gpu())
         else:
             cfg.disable_gpu()
             cfg.enable_mkldnn()

@@ -16,13 +16,32 @@ from paddle_rec_zoo.errors import UserError
 
 
 def _package_name(model_dir: str) -> str:
-    digest = hashlib.sha1(model_dir.encode()).hexdigest()[:10]
+    """The folder's private package name: its path and the state of its Python files, so a
+    folder whose code changed (a test or a notebook rewriting a net.py) is imported afresh."""
+    files = sorted(f for f in os.listdir(model_dir) if f.endswith(".py"))
+    state = [(f, os.stat(os.path.join(model_dir, f)).st_mtime_ns) for f in files]
+    digest = hashlib.sha1(repr((model_dir, state)).encode()).hexdigest()[:10]
+    return f"{_folder_prefix(model_dir)}{digest}"
+
+
+def _folder_prefix(model_dir: str) -> str:
     base = "".join(c if c.isalnum() else "_" for c in os.path.basename(model_dir))
-    return f"_zoo_model_{base}_{digest}"
+    folder = hashlib.sha1(model_dir.encode()).hexdigest()[:6]
+    return f"_zoo_model_{base}_{folder}_"
+
+
+def forget_model(model_dir: str):
+    """Drop every package this process registered for `model_dir` (and their modules)."""
+    prefix = _folder_prefix(os.path.abspath(model_dir))
+    for name in [n for n in sys.modules if n.startswith(prefix)]:
+        del sys.modules[name]
 
 
 def load_model_module(model_dir: str, name: str) -> types.ModuleType:
-    """Import `<model_dir>/<name>.py` as a submodule of the folder's private package."""
+    """Import `<model_dir>/<name>.py` as a submodule of the folder's private package. The
+    package stays registered, so the folder's modules import each other relatively and load
+    once (one `net` module, one class per layer) until the folder's code changes; then the
+    old package is forgotten and the new code imported."""
     model_dir = os.path.abspath(model_dir)
     if not name.isidentifier():
         raise UserError(f"model module name {name!r} is not a Python module name")
@@ -31,6 +50,7 @@ def load_model_module(model_dir: str, name: str) -> types.ModuleType:
         raise UserError(f"{model_dir} has no {name}.py (the config's folder is the model folder)")
     package = _package_name(model_dir)
     if package not in sys.modules:
+        forget_model(model_dir)
         module = types.ModuleType(package)
         module.__path__ = [model_dir]
         module.__file__ = os.path.join(model_dir, "__init__.py")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 
@@ -43,8 +45,43 @@ def serial_executor(threads: int) -> bool:
     return threads > 1 or _local_ranks() > 1
 
 
+@contextlib.contextmanager
+def static_mode():
+    """Paddle's static mode inside the block, the mode the process was in after it. A static
+    engine builds and runs its programs in it, so constructing one does not switch the rest of
+    the process (a dygraph engine, a test) to static mode; the static tools are in static mode
+    throughout (`setup(static=True)`), and pay nothing here."""
+    if not paddle.in_dynamic_mode():
+        yield
+        return
+    paddle.enable_static()
+    try:
+        yield
+    finally:
+        paddle.disable_static()
+
+
+def in_static_mode(method):
+    """`method` runs under `static_mode()`."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with static_mode():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+def selected_gpu() -> int:
+    """The GPU this process uses: the first of FLAGS_selected_gpus, which Paddle's launcher sets
+    per rank (0 without it)."""
+    return int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+
+
 def setup(config, static: bool = False):
-    """Select the device, seed every generator; returns the Place for static executors."""
+    """Select the device, the math library's kernels and threads (`static`: the executor's
+    scheduling too), seed every generator; returns the Place for static executors. Static mode
+    itself is the static engine's (`static_mode`)."""
     r = config.runner
     # before the first matrix product: MKL reads its kernel choice once, when it first runs
     log(cpu_math.select(r.cpu_math))
@@ -53,7 +90,7 @@ def setup(config, static: bool = False):
         log("runner.use_gpu is set but this Paddle build has no CUDA; running on the CPU")
         use_gpu = False
     if use_gpu:
-        device_id = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+        device_id = selected_gpu()
         paddle.set_device(f"gpu:{device_id}")
         place = paddle.CUDAPlace(device_id)
     else:
@@ -66,6 +103,4 @@ def setup(config, static: bool = False):
     random.seed(r.seed)
     np.random.seed(r.seed)
     paddle.seed(r.seed)
-    if static:
-        paddle.enable_static()
     return place
