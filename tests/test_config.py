@@ -99,6 +99,39 @@ def test_bigdata_config_only_states_differences():
     assert cfg.hyper_parameters.ctr_fc_sizes == [256, 64]
 
 
+def test_base_takes_a_list_merged_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yaml").write_text("runner:\n  epochs: 3\n  train_data_dir: a\n")
+    (tmp_path / "b.yaml").write_text("runner:\n  epochs: 4\n  print_interval: 9\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: [{ESMM_CONFIG}, sub/a.yaml, b.yaml]\nrunner:\n  print_interval: 5\n")
+    cfg = esmm_config(path=str(child))
+    assert cfg.runner.epochs == 4  # b over a over the ESMM config
+    assert cfg.runner.print_interval == 5  # the file itself over its bases
+    assert cfg.runner.train_data_dir == str(tmp_path / "sub" / "a")  # relative to a.yaml
+    for bad in ("[]", "[1]", "{x: 1}"):
+        child.write_text(f"base: {bad}\n")
+        with pytest.raises(UserError, match="base: a config file, or a list"):
+            esmm_config(path=str(child))
+
+
+def test_the_zoo_shares_one_full_data_recipe():
+    """Every model's config_bigdata.yaml is its config.yaml plus ../bigdata.yaml plus its own
+    save path: the recipe is stated once."""
+    from conftest import ZOO, model_dir, zoo_config
+
+    recipes = set()
+    for model in ZOO:
+        with open(os.path.join(model_dir(model), "config_bigdata.yaml")) as f:
+            own = yaml_load(f)
+        assert own["base"] == ["config.yaml", "../bigdata.yaml"]
+        assert own["runner"] == {"model_save_path": f"output_model_{model}_all"}
+        cfg = zoo_config(model, config="config_bigdata.yaml")
+        r, hp = cfg.runner, cfg.hyper_parameters
+        recipes.add((r.epochs, r.train_batch_size, r.train_data_dir, repr(hp.optimizer)))
+    assert len(recipes) == 1
+
+
 def test_invalid_yaml_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("runner:\n  epochs: [1,\n")

@@ -140,7 +140,8 @@ class Config:
 
 # --------------------------------------------------------------------------- loading
 def read_yaml(path: str) -> dict:
-    """Read one YAML file (following `base:`) into a dict whose relative paths are resolved."""
+    """Read one YAML file (following `base:`, one file or a list merged in order) into a dict
+    whose relative paths are resolved against the folder of the file that states them."""
     return _read_yaml(os.path.abspath(path), seen=())
 
 
@@ -160,12 +161,18 @@ def _read_yaml(path: str, seen: tuple) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping with runner: and hyper_parameters: sections")
-    base = data.pop("base", None)
+    bases = data.pop("base", None)
     data = _resolve_paths(data, os.path.dirname(path))
-    if base is None:
+    if bases is None:
         return data
-    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
-    merged = _read_yaml(os.path.abspath(base_path), seen + (path,))
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise UserError(f"{path}: base: a config file, or a list of them, not {bases!r}")
+    merged: dict = {}
+    for base in bases:  # in order, each over the ones before; this file over them all
+        base_path = os.path.join(os.path.dirname(path), os.path.expanduser(base))
+        merged = deep_merge(merged, _read_yaml(os.path.abspath(base_path), seen + (path,)))
     return deep_merge(merged, data)
 
 
