@@ -4,6 +4,7 @@ of `tools/` and `datasets/ali-ccp/` are run as commands, their code imported fro
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -20,13 +21,31 @@ from paddle_rec_zoo.run import cpu_math
 # first test to compute fixes this process's kernels, whatever a later runtime.setup asks.
 cpu_math.select("auto")
 
+
+@functools.cache
+def cuda_build() -> bool:
+    """Whether this Paddle build has CUDA (checked in a child: importing Paddle here would fix
+    this process's math kernels before a test chooses them)."""
+    code = "import paddle; print(paddle.is_compiled_with_cuda())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return out.stdout.strip().endswith("True")
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ESMM_DIR = os.path.join(ROOT, "models", "multitask", "esmm")
 ESMM_CONFIG = os.path.join(ESMM_DIR, "config.yaml")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
-ZOO = ("esmm", "escm2", "aitm", "mmoe", "ple")  # the model folders of models/multitask
+# every model folder of models/multitask (a folder with a net.py), ESMM first: a new model is
+# tested by test_zoo and the others without being listed here
+ZOO = tuple(
+    sorted(
+        (e.name for e in os.scandir(os.path.join(ROOT, "models", "multitask"))
+         if os.path.isfile(os.path.join(e.path, "net.py"))),
+        key=lambda name: (name != "esmm", name),
+    )
+)  # fmt: skip
 
 
 def model_dir(name: str) -> str:

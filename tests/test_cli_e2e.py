@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ESMM_CONFIG, ESMM_DIR, run_tool
+from conftest import ESMM_CONFIG, ESMM_DIR, cuda_build, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +198,7 @@ def test_user_mistakes_are_one_line_errors(work, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.skipif(cuda_build(), reason="a CUDA build runs use_gpu on its GPU")
 def test_use_gpu_without_cuda_says_so_and_runs_on_cpu(work):
     proc = ok(
         run_tool(
