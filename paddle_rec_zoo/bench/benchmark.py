@@ -40,14 +40,14 @@ import time
 def zoo(name: str):
     """Module `paddle_rec_zoo.<name>` (e.g. "run.engines") of the package being measured. Probes
     of another checkout (`--code OLD`, `--before OLD`) import its package; before the package was
-    grouped into subpackages (b265f2e and older) its modules sat at the top."""
-    try:
-        return importlib.import_module(f"paddle_rec_zoo.{name}")
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("paddle_rec_zoo."):
-            raise
-        flat = {"data.dataset": "data"}.get(name, name.rpartition(".")[2])
-        return importlib.import_module(f"paddle_rec_zoo.{flat}")
+    grouped into subpackages (b265f2e and older) its modules sat at the top. Which layout is told
+    by the folders, not by a failed import: the editable install of this repository would supply
+    a module the older package lacks."""
+    import paddle_rec_zoo
+
+    if not os.path.isdir(os.path.join(paddle_rec_zoo.__path__[0], name.partition(".")[0])):
+        name = {"data.dataset": "data"}.get(name, name.rpartition(".")[2])
+    return importlib.import_module(f"paddle_rec_zoo.{name}")
 
 
 cpu_math = zoo("run.cpu_math")  # imports no Paddle
