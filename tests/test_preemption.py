@@ -4,7 +4,6 @@ mid-epoch checkpoints, exact resume, and environmental failures that say what fa
 import contextlib
 import errno
 import os
-import random
 import re
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from conftest import ESMM_CONFIG, ROOT, fleet_command, launch_fleet
 from test_reliability import metric_lines, params, train_in_process
 
 from paddle_rec_zoo.run import checkpoint, engines
+from paddle_rec_zoo.run.checkpoint import META_FILE, PARAMS_FILE
 
 # the bundled sample: 4000 rows, batches of 256 -> 16 batches per epoch
 BATCHES = 16
@@ -53,7 +53,7 @@ def assert_same_run(got, want, last_epoch=1):
         np.testing.assert_array_equal(actual[name], value, err_msg=name)
 
 
-def test_sigterm_at_a_random_step_saves_it_and_resume_ends_as_the_uninterrupted_run(
+def test_sigterm_inside_an_epoch_saves_it_and_resume_ends_as_the_uninterrupted_run(
     tmp_path, capsys, monkeypatch
 ):
     ref, save = tmp_path / "ref", tmp_path / "run"
@@ -62,7 +62,8 @@ def test_sigterm_at_a_random_step_saves_it_and_resume_ends_as_the_uninterrupted_
     code, _, err = train_in_process(capsys, *args, f"runner.model_save_path={ref}")
     assert code == 0, err
     assert not (ref / "steps").exists()  # mid-epoch checkpoints go once their epoch is saved
-    stop = random.randrange(BATCHES + 1, 2 * BATCHES)  # inside epoch 1
+    # inside epoch 1, after a periodic checkpoint (18) that stays and before the next (24)
+    stop = BATCHES + 7
     epoch, batch = divmod(stop, BATCHES)
     with monkeypatch.context() as m:
         signal_at_step(m, engines.DygraphEngine, stop, signal.SIGTERM)
@@ -160,7 +161,7 @@ def test_disk_full_while_checkpointing_names_the_checkpoint_and_keeps_the_earlie
 
     def save_until_full(self, folder):
         if checkpoint.saved_epochs(save) == [0]:  # the disk fills while epoch 1 is written
-            with open(os.path.join(folder, engines.PARAMS_FILE), "wb") as f:
+            with open(os.path.join(folder, PARAMS_FILE), "wb") as f:
                 f.write(b"\0" * 1000)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         original(self, folder)
@@ -238,13 +239,13 @@ def wait_for(path, proc, timeout=120):
         time.sleep(0.01)
 
 
-def signal_during_training(proc, signum, max_delay: float) -> str:
-    """Send `signum` to `proc` at a random moment after its first training log line."""
+def signal_at_log_line(proc, signum, text: str) -> str:
+    """Send `signum` to `proc` as soon as it logs a line containing `text`; returns its output
+    so far."""
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if " batch " in line:
-            time.sleep(random.uniform(0, max_delay))
+        if text in line:
             proc.send_signal(signum)
             break
     return "".join(lines)
@@ -252,19 +253,20 @@ def signal_during_training(proc, signum, max_delay: float) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tool", ["trainer", "static_trainer"])
-def test_kill_9_then_sigterm_at_random_steps_and_resume_ends_as_the_uninterrupted_run(
+def test_kill_9_then_sigterm_inside_epochs_and_resume_ends_as_the_uninterrupted_run(
     tmp_path, capsys, tool
 ):
     args = common(tmp_path, "runner.save_steps=3")
     ref, save = tmp_path / "ref", tmp_path / "run"
     code, _, err = train_in_process(capsys, *args, f"runner.model_save_path={ref}", tool=tool)
     assert code == 0, err
-    # kill -9 at a random moment (after the first step checkpoint, so there is one to resume)
+    # kill -9 inside epoch 0, once steps/9 is complete (so there is one to resume, and a step or
+    # two later the run is still in epoch 0: epoch 1 is left to the SIGTERM below)
     proc = spawn(tool, *args, f"runner.model_save_path={save}")
-    wait_for(save / "steps" / "3", proc)
-    time.sleep(random.uniform(0, 0.5))  # mostly inside epoch 0, leaving steps to SIGTERM below
+    wait_for(save / "steps" / "9", proc)
     proc.kill()
     proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
     latest = checkpoint.latest(str(save))
     assert latest, os.listdir(save)
     for epoch in checkpoint.saved_epochs(str(save)):  # whatever exists is complete
@@ -274,18 +276,20 @@ def test_kill_9_then_sigterm_at_random_steps_and_resume_ends_as_the_uninterrupte
     for step in checkpoint.saved_steps(str(save)):
         assert checkpoint.read_meta(save / "steps" / str(step))["step"] == step
         assert params(save / "steps" / str(step))
-    # resume it, and SIGTERM that at a random step: one line, 143, no Paddle FatalError block
+    # resume it, and SIGTERM that in epoch 1 (12 batches before its end, so the signal always
+    # lands inside the run): one line, 143, no Paddle FatalError block
     proc = spawn(tool, *args, f"runner.model_save_path={save}", "runner.resume=True")
-    head = signal_during_training(proc, signal.SIGTERM, 0.5)
+    head = signal_at_log_line(proc, signal.SIGTERM, f"epoch 1 batch 4/{BATCHES}:")
     out, err = proc.communicate(timeout=120)
     assert "resuming " in head, head + out + err
-    if proc.returncode != 0:  # else it finished before the signal
-        assert proc.returncode == 143 and err.startswith("stopped by SIGTERM after epoch "), err
-        assert err.count("\n") == 1, err
-        code, _, err = train_in_process(  # in this process: one start-up less
-            capsys, *args, f"runner.model_save_path={save}", "runner.resume=True", tool=tool
-        )
-        assert code == 0, err
+    assert proc.returncode == 143, head + out + err  # the SIGTERM branch, always taken
+    assert re.fullmatch(
+        r"stopped by SIGTERM after epoch 1 batch \d+/16 \(step \d+\); saved .*\n", err
+    )
+    code, _, err = train_in_process(  # in this process: one start-up less
+        capsys, *args, f"runner.model_save_path={save}", "runner.resume=True", tool=tool
+    )
+    assert code == 0, err
     assert_same_run(save, ref, last_epoch=1)
     assert not [n for n in os.listdir(save) if n.startswith(".")]
 
@@ -339,7 +343,7 @@ def kill_inside_the_write_of(target, tmp_path, *overrides) -> str:
     assert proc.returncode == -signal.SIGKILL
     tmp = marker.read_text()
     written = os.listdir(tmp)  # half a checkpoint: weights without meta.json
-    assert engines.PARAMS_FILE in written and checkpoint.META_FILE not in written, written
+    assert PARAMS_FILE in written and META_FILE not in written, written
     return tmp
 
 

@@ -315,7 +315,32 @@ def test_parameter_server_launch_is_refused_with_the_reason(tmp_path, capsys, mo
     assert not hasattr(paddle.base.core, "CommContext")
 
 
-def test_the_sample_data_folders_stay_untouched():
-    """Nothing above (caches included) writes into the model's data folders."""
+def data_folder_listing() -> dict:
+    """{path: (size, mtime)} of every file under the model's data folders."""
+    listing = {}
     for split in ("train", "test"):
-        assert os.listdir(os.path.join(ESMM_DIR, "data", split)) == ["part-00000.txt"]
+        folder = Path(ESMM_DIR, "data", split)
+        listing.update(
+            {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+        )
+    return listing
+
+
+def test_training_and_evaluating_leave_the_sample_data_folders_untouched(tmp_path, capsys):
+    """Reading, caching (cache on) and evaluating the bundled sample write nothing beside it.
+    The test runs its own training rather than relying on the tests before it (run alone, it
+    checked nothing)."""
+    before = data_folder_listing()
+    assert sorted(Path(p).name for p in before) == ["part-00000.txt"] * 2
+    save = tmp_path / "o"
+    code, _, err = train_in_process(
+        capsys,
+        f"runner.model_save_path={save}",
+        f"runner.cache_dir={tmp_path / 'cache'}",
+        "runner.use_cache=True",
+        "runner.epochs=1",
+        "runner.evaluate_each_epoch=True",
+    )
+    assert code == 0, err
+    assert (save / "0").is_dir() and any((tmp_path / "cache").iterdir())  # it read and cached
+    assert data_folder_listing() == before

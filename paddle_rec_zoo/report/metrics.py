@@ -98,8 +98,14 @@ def fmt(value: float) -> str:
 
 
 # ------------------------------------------------------------------------ declared metrics
-KINDS = ("auc", "logloss", "calibration")
-_FUNCTIONS = {"auc": auc, "logloss": logloss, "calibration": calibration}
+# Each kind with its perfect value: a value nearer it is better. One rule for every sense of
+# best: AUC (at most 1) is better higher, log loss (at least 0) lower, calibration nearest 1.
+_KINDS = {
+    "auc": (auc, 1.0),
+    "logloss": (logloss, 0.0),
+    "calibration": (calibration, 1.0),
+}
+KINDS = tuple(_KINDS)
 
 
 @dataclass(frozen=True)
@@ -119,9 +125,16 @@ class Metric:
     where: tuple[str, ...] = ()
     title: str = ""
 
-    @property
-    def higher_is_better(self) -> bool:
-        return self.kind == "auc"
+    def distance_from_best(self, value: float) -> float:
+        """How far `value` is from this kind's perfect value; infinite for NaN (an evaluation
+        without positives, say), so a NaN is never the best of a run."""
+        if value is None or math.isnan(value):
+            return math.inf
+        return abs(value - _KINDS[self.kind][1])
+
+    def is_better(self, value: float, than: float) -> bool:
+        """`value` strictly better than `than` by this kind's sense of best (a tie is not)."""
+        return self.distance_from_best(value) < self.distance_from_best(than)
 
     def target(self, columns: dict) -> np.ndarray:
         return _product(columns, self.labels)
@@ -146,7 +159,7 @@ class Metric:
 
     def compute(self, columns: dict) -> float:
         """From 1-D arrays of outputs and labels, keyed by name."""
-        return _FUNCTIONS[self.kind](*self.select(columns))
+        return _KINDS[self.kind][0](*self.select(columns))
 
 
 def _product(columns: dict, names: tuple[str, ...]) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""Checkpoint folders, written atomically, describing themselves.
+"""The run folder `runner.model_save_path`: its layout, and its checkpoints written atomically.
 
-- `<model_save_path>/<epoch>/`: the end of an epoch (what the infer tools evaluate);
-- `<model_save_path>/steps/<step>/`: a position inside an epoch (`runner.save_steps`, or a stop
-  by signal), for resuming only; removed once their epoch's checkpoint is complete.
+Every name of the folder is here, and nowhere else:
 
-A checkpoint is built in a hidden temporary folder beside its final place and renamed into place
-in one step, so a run killed at any moment leaves every earlier checkpoint complete. `meta.json`
-(written last) holds the resolved config, epoch, step, engine, seed and metrics. The weight files
-are pickles (as all Paddle `.pdparams` are): load checkpoints only from sources you trust.
+- `<epoch>/`: the end of an epoch (what the infer tools evaluate);
+- `steps/<step>/`: a position inside an epoch (`runner.save_steps`, or a stop by signal), for
+  resuming only; removed once their epoch's checkpoint is complete;
+- `best/` and `best.json`: a copy of the best epoch by `runner.keep_best`, and which it is;
+- `metrics.jsonl` (one JSON line per log line and evaluation), `training_curves.png`.
+
+A checkpoint holds the engine's weights (`rec.pdparams`) and optimizer state (`rec.pdopt`; the
+static engine also exports its inference model, `inference.json`/`.pdiparams`), every rank's
+random-generator state (`rng_state.pdstate`), inside an epoch every rank's training metrics so
+far (`train_state.npz`), and `meta.json` (written last: the resolved config, epoch, step,
+engine, seed and metrics; built by `describe`). It is built in a hidden temporary folder beside
+its final place and renamed into place in one step, so a run killed at any moment leaves every
+earlier checkpoint complete. The weight files are pickles (as all Paddle `.pdparams` are): load
+checkpoints only from sources you trust.
 """
 
 from __future__ import annotations
@@ -18,11 +26,27 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import zipfile
+
+import numpy as np
+import paddle
 
 from paddle_rec_zoo.errors import UserError
 
 META_FILE = "meta.json"
 STEPS_DIR = "steps"
+BEST_DIR = "best"
+PARAMS_FILE = "rec.pdparams"
+OPT_FILE = "rec.pdopt"
+INFERENCE_PREFIX = "inference"  # the static engine's exported model: inference.json, .pdiparams
+RNG_FILE = "rng_state.pdstate"  # every rank's random-generator state (dropout), a pickle
+STATE_FILE = "train_state.npz"  # mid-epoch checkpoints: every rank's training metrics so far
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "training_curves.png"
+BEST_FILE = "best.json"
+# what a new run replaces (with runner.overwrite) besides the checkpoints
+RUN_FILES = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, STEPS_DIR)
 
 
 def epoch_dir(root: str, epoch: int) -> str:
@@ -31,6 +55,18 @@ def epoch_dir(root: str, epoch: int) -> str:
 
 def step_dir(root: str, step: int) -> str:
     return os.path.join(root, STEPS_DIR, str(step))
+
+
+def best_dir(root: str) -> str:
+    return os.path.join(root, BEST_DIR)
+
+
+def metrics_path(root: str) -> str:
+    return os.path.join(root, METRICS_FILE)
+
+
+def curves_path(root: str) -> str:
+    return os.path.join(root, CURVES_FILE)
 
 
 def saved_steps(root: str) -> list[int]:
@@ -67,17 +103,92 @@ def saved_epochs(root: str) -> list[int]:
     return _complete_numbered(root)
 
 
+def describe(config, engine_name: str, ranks: int, epoch: int, step: int, train, **more) -> dict:
+    """A checkpoint's meta.json: where the run was (`epoch`, `step`, and inside an epoch `batch`,
+    `batches` and `epoch_samples` in `more`), what trained it, its last training log line, and
+    its resolved config (which `runner.resume` compares and warm starts read)."""
+    return {
+        "epoch": epoch,
+        **more,
+        "step": step,
+        "engine": engine_name,
+        "seed": config.runner.seed,
+        "ranks": ranks,
+        "train": train,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": config.to_dict(),
+    }
+
+
 def save(root: str, epoch: int, write_files, meta: dict) -> str:
     """Create `root/<epoch>/`: `write_files(tmp_folder)` writes the weights, then meta.json."""
     return _save(epoch_dir(root, epoch), write_files, meta)
 
 
-def save_step(root: str, step: int, write_files, meta: dict, keep: int) -> str:
-    """Create `root/steps/<step>/` like `save`, then keep only the newest `keep` of them."""
-    folder = _save(step_dir(root, step), write_files, meta)
+def save_epoch(root: str, engine, rng_states: list, meta: dict) -> str:
+    """The end of epoch `meta["epoch"]`: the engine's files, every rank's random state, meta."""
+    return save(root, meta["epoch"], _training_files(engine, rng_states), meta)
+
+
+def save_position(root: str, engine, rank_states: list[dict], meta: dict, keep: int) -> str:
+    """`root/steps/<step>/` of a position inside an epoch, then only the newest `keep` of them.
+    `rank_states[rank]`: that rank's {"rng", "window", "metrics"} (its loss window and training
+    metrics' histograms so far)."""
+    write_engine = _training_files(engine, [s["rng"] for s in rank_states])
+
+    def write(tmp: str):
+        write_engine(tmp)
+        arrays = {}
+        for rank, s in enumerate(rank_states):
+            arrays[f"{rank}.window"] = s["window"]
+            arrays.update({f"{rank}.metrics.{k}": v for k, v in s["metrics"].items()})
+        with open(os.path.join(tmp, STATE_FILE), "wb") as f:
+            np.savez(f, **arrays)
+
+    folder = _save(step_dir(root, meta["step"]), write, meta)
     for old in saved_steps(root)[:-keep]:
         remove(step_dir(root, old))
     return folder
+
+
+def _training_files(engine, rng_states: list):
+    """Writes the engine's files and every rank's random-generator state (dropout masks)."""
+
+    def write(folder: str):
+        engine.save(folder)
+        paddle.save(rng_states, os.path.join(folder, RNG_FILE))
+
+    return write
+
+
+def restore_rng(folder: str, rank: int):
+    """Continue every random draw (dropout) where the run that saved `folder` was."""
+    path = os.path.join(folder, RNG_FILE)
+    if not os.path.exists(path):  # written before this file existed: dropout differs, no more
+        return
+    try:
+        states = paddle.load(path)
+    except Exception as e:  # truncated or foreign file: say which, not a pickle traceback
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if rank < len(states):  # an epoch's end resumed on more ranks: their draws are new anyway
+        paddle.set_rng_state(states[rank])
+
+
+def load_position(folder: str, rank: int) -> dict:
+    """This rank's training metrics and loss window from a mid-epoch checkpoint."""
+    path = os.path.join(folder, STATE_FILE)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    prefix = f"{rank}.metrics."
+    if f"{rank}.window" not in arrays:
+        raise UserError(f"{path}: holds no training state for rank {rank}")
+    return {
+        "window": arrays[f"{rank}.window"],
+        "metrics": {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+    }
 
 
 def remove_steps(root: str, through: int):
@@ -190,7 +301,7 @@ def read_meta(folder: str) -> dict:
     return meta
 
 
-def prepare_run_folder(root: str, overwrite: bool, run_files: tuple[str, ...]):
+def prepare_run_folder(root: str, overwrite: bool):
     """Refuse to mix a new run into an earlier one, unless `runner.overwrite` says so."""
     epochs = saved_epochs(root)
     steps = saved_steps(root)
@@ -207,7 +318,7 @@ def prepare_run_folder(root: str, overwrite: bool, run_files: tuple[str, ...]):
         for step in steps:
             remove(step_dir(root, step))
         shutil.rmtree(os.path.join(root, STEPS_DIR), ignore_errors=True)
-        for name in run_files:
+        for name in RUN_FILES:
             path = os.path.join(root, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -240,3 +351,47 @@ def require_epoch(root: str, epoch: int) -> str:
             "check runner.infer_load_path, runner.infer_start_epoch and runner.infer_end_epoch"
         )
     return folder
+
+
+# ---------------------------------------------------------------- the run's log and best epoch
+def append_record(root: str, record: dict):
+    """One line of metrics.jsonl (a training log line or an evaluation)."""
+    path = metrics_path(root)
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a full disk: say which file (the write's error does not)
+        raise UserError(f"{path}: cannot be written ({e.strerror})") from None
+
+
+def read_records(root: str) -> list[dict]:
+    path = metrics_path(root)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def rewrite_records(root: str, records: list[dict]):
+    """Replace metrics.jsonl by `records`, atomically."""
+    path = metrics_path(root)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def read_best(root: str) -> dict | None:
+    """best.json: {"metric", "epoch", "value"} of the best epoch so far, or None."""
+    path = os.path.join(root, BEST_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_best(root: str, folder: str, best: dict):
+    """Copy checkpoint `folder` to `root/best/` and record which it is in best.json."""
+    copy(folder, best_dir(root))
+    with open(os.path.join(root, BEST_FILE), "w") as f:
+        json.dump(best, f)

@@ -22,12 +22,10 @@ import paddle
 
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.nn.sparse import ROW_IDS, row_batch, row_tables, take_row_lookups
+from paddle_rec_zoo.run.checkpoint import INFERENCE_PREFIX, OPT_FILE, PARAMS_FILE
 from paddle_rec_zoo.run.distributed import World
 from paddle_rec_zoo.run.runtime import in_static_mode, math_threads, selected_gpu
 
-PARAMS_FILE = "rec.pdparams"
-OPT_FILE = "rec.pdopt"
-INFERENCE_PREFIX = "inference"  # inference.json + inference.pdiparams
 ROW_LR_STATE = "Embedding_LR_Scheduler"  # optimizer-state key of the embedding optimizer's schedule
 
 

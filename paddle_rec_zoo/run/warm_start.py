@@ -25,7 +25,8 @@ import paddle
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.report.progress import log
 from paddle_rec_zoo.run import checkpoint
-from paddle_rec_zoo.run.engines import OPT_FILE, PARAMS_FILE, ROW_LR_STATE, load_params_file
+from paddle_rec_zoo.run.checkpoint import OPT_FILE, PARAMS_FILE
+from paddle_rec_zoo.run.engines import ROW_LR_STATE, load_params_file
 
 KEY = "runner.model_init_path"
 
