@@ -59,7 +59,7 @@ CONVERT_BYTES_PER_COMMON_ROW = 32
 # copies (paddle_rec_zoo.data.dataset.Dataset.batch_indices).
 TRAIN_BYTES_PER_ROW = 16
 # Evaluation memory per test impression: the collected sample ids, outputs and labels, their
-# concatenation and the exact AUC's sort (paddle_rec_zoo.run.loop.predict_dataset); peak measured
+# concatenation and the exact AUC's sort (paddle_rec_zoo.run.evaluate.predict_dataset); peak measured
 # with tracemalloc over Collector + metrics.evaluate on 1M rows of ESMM outputs: 116 B.
 EVAL_BYTES_PER_ROW = 116
 # Copies of the embedding table (dim float32 a row) at the peak (doc/benchmarks.md, "Memory, and

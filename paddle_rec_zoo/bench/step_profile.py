@@ -391,7 +391,7 @@ def probe(args) -> dict:
     metrics = TrainMetrics(engine.spec.train_metrics)
     spec, label_names = engine.spec, reader.label_names
 
-    def step(batch):  # loop.py's _Epoch._step: the step, then the running AUCs
+    def step(batch):  # run/loop.py's _Epochs._step: the step, then the running AUCs
         _, outputs = engine.train_step(batch)
         metrics.update(outputs, spec.label_columns(batch, label_names))
 

@@ -112,7 +112,7 @@ def run(tool: str, args) -> int:
     reader_cls = reader_class(config, job)
 
     from paddle_rec_zoo.report import progress
-    from paddle_rec_zoo.run import distributed, loop
+    from paddle_rec_zoo.run import distributed, evaluate, loop
 
     world = distributed.init(config.runner.use_fleet)
     with progress.quiet(not world.is_main):
@@ -128,7 +128,7 @@ def run(tool: str, args) -> int:
             if job == "train":
                 loop.train(config, engine, reader, world)
             else:
-                loop.evaluate(config, engine, reader, world)
+                evaluate.evaluate(config, engine, reader, world)
     return 0
 
 

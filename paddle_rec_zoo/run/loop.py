@@ -19,7 +19,6 @@ from paddle_rec_zoo.report.progress import log, progress, set_postfix
 from paddle_rec_zoo.run import checkpoint, keep_best, resume, signals, warm_start
 from paddle_rec_zoo.run.distributed import World
 from paddle_rec_zoo.run.evaluate import (
-    evaluate,  # noqa: F401  the infer tools' `loop.evaluate` (run/cli.py), until it names run.evaluate
     metric_text,
     predict_dataset,
 )
