@@ -26,6 +26,12 @@ TOOLS = {
     "infer": ("dygraph", "infer"),
     "static_trainer": ("static", "train"),
     "static_infer": ("static", "infer"),
+    "export": ("static", "export"),
+}
+DESCRIPTIONS = {
+    "train": "Train a model ({engine} engine) from its config.yaml.",
+    "infer": "Evaluate a model ({engine} engine) from its config.yaml.",
+    "export": "Write a checkpoint's inference.onnx (and its Paddle Inference model if missing).",
 }
 
 
@@ -33,8 +39,7 @@ def parse_args(tool: str, argv=None) -> argparse.Namespace:
     engine, job = TOOLS[tool]
     parser = argparse.ArgumentParser(
         prog=f"{tool}.py",
-        description=f"{'Train' if job == 'train' else 'Evaluate'} a model ({engine} engine) "
-        "from its config.yaml.",
+        description=DESCRIPTIONS[job].format(engine=engine),
     )
     parser.add_argument("-m", "--config", required=True, help="the model's config YAML")
     parser.add_argument(
@@ -104,7 +109,7 @@ def run(tool: str, args) -> int:
     )
     model_cls = adapter.DygraphModel if engine_kind == "dygraph" else adapter.StaticModel
     config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
-    reader_cls = reader_class(config, job)
+    reader_cls = reader_class(config, "train" if job == "train" else "infer")
 
     from paddle_rec_zoo.report import progress
     from paddle_rec_zoo.run import distributed, engines, loop
@@ -115,10 +120,20 @@ def run(tool: str, args) -> int:
         progress.log(note)
     place = runtime.setup(config, static=engine_kind == "static")
     reader = reader_cls(config)
+    if job == "export":
+        from paddle_rec_zoo.run import onnx_export
+
+        epoch = _epoch_asked(config, args.opt)
+        onnx_export.export(config, adapter, reader.label_names, epoch)
+        return 0
     training = job == "train"
     kwargs = {"training": training, "world": world, "label_names": reader.label_names}
     if engine_kind == "dygraph":
         engine = engines.DygraphEngine(adapter, config, **kwargs)
+    elif not training and config.runner.use_onnx:
+        from paddle_rec_zoo.run.onnx_engine import OnnxEngine
+
+        engine = OnnxEngine(model_cls(config, reader.label_names).spec, config)
     elif not training and config.runner.use_inference:
         engine = engines.InferenceEngine(model_cls(config, reader.label_names).spec, config)
     else:
@@ -128,3 +143,10 @@ def run(tool: str, args) -> int:
     else:
         loop.evaluate(config, engine, reader, world)
     return 0
+
+
+def _epoch_asked(config, overrides: list[str]) -> int | None:
+    """The epoch export.py converts: `runner.infer_start_epoch` when the command line sets it,
+    else None (the newest). A config's own value is where its evaluations start, not a choice."""
+    asked = any(o.startswith("runner.infer_start_epoch=") for o in overrides)
+    return config.runner.infer_start_epoch if asked else None
