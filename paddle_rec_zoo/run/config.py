@@ -87,6 +87,7 @@ class RunnerConfig:
     save_predictions: str = path_field()  # CSV of per-sample predictions for the last epoch
     use_inference: bool = False  # static_infer: evaluate the exported Paddle Inference model
     use_onnx: bool = False  # static_infer: evaluate the checkpoint's inference.onnx (ONNX Runtime)
+    use_visual: bool = False  # trainers: also write VisualDL logs into model_save_path/visualdl
     cache_dir: str = path_field()  # parsed-data cache; "" = ~/.cache/paddle-rec-zoo
     use_cache: bool = True
     # math-library threads of the training step; 0 = all usable cores (shared among the Fleet

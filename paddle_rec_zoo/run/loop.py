@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -20,6 +21,7 @@ from paddle_rec_zoo.report import plot
 from paddle_rec_zoo.report.metrics import Collector, TrainMetrics, fmt
 from paddle_rec_zoo.report.metrics import evaluate as evaluate_metrics
 from paddle_rec_zoo.report.progress import log, progress, set_postfix
+from paddle_rec_zoo.report.visual import VISUAL_DIR, VisualLog, open_visual_log
 from paddle_rec_zoo.run import checkpoint, signals, warm_start
 from paddle_rec_zoo.run.distributed import World
 
@@ -65,6 +67,7 @@ class _Run:
     folder: str | None = None  # the checkpoint resumed from
     position: dict | None = None  # a mid-epoch checkpoint's metrics state and loss window
     epoch_samples: int = 0
+    visual: VisualLog | None = None  # runner.use_visual's VisualDL log (main rank)
 
 
 def train(config, engine, reader, world: World | None = None) -> list[dict]:
@@ -78,6 +81,8 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     run = _start_or_resume(config, engine, world, n_batches)
+    if world.is_main:
+        run.visual = open_visual_log(config, engine.spec, run.records, run.tests)
     if r.model_init_path and run.folder is None:  # a resumed run goes on from its own
         warm_start.load(config, engine)
     log(
@@ -89,7 +94,9 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     epoch_run = _Epoch(config, engine, reader, world, run, n_batches, test_set is None)
     if world.is_main:  # the rank that draws the curves at every epoch's end; only now that the
         plot.preload()  # data sets are read: their parsing forks, which must not meet an import
-    with signals.stop.deferred():
+    with signals.stop.deferred(), contextlib.ExitStack() as stack:
+        if run.visual is not None:
+            stack.callback(run.visual.close)
         for epoch in range(run.start_epoch, r.epochs):
             seconds, epoch_samples = epoch_run.train(dataset, epoch)
             _end_epoch(config, engine, reader, world, run, epoch, seconds, epoch_samples, test_set)
@@ -163,6 +170,8 @@ class _Epoch:
         self.run.records.append(record)
         if self.world.is_main:
             _append_jsonl(self.metrics_path, record)
+            if self.run.visual is not None:
+                self.run.visual.train(record)
         log(
             f"epoch {epoch} batch {batch}/{self.n_batches}: loss {fmt(record['loss'])} "
             + " ".join(f"{k} {fmt(v)}" for k, v in running.items())
@@ -214,6 +223,8 @@ def _end_epoch(config, engine, reader, world, run: _Run, epoch, seconds, epoch_s
         run.tests.append(result)
         if world.is_main:
             _append_jsonl(os.path.join(r.model_save_path, METRICS_FILE), result)
+            if run.visual is not None:
+                run.visual.test(result)
         log(f"epoch {epoch} test: {metric_text(result, engine.spec)}")
     folder = checkpoint.epoch_dir(r.model_save_path, epoch)
     rng = world.all_gather_object(paddle.get_rng_state())
@@ -354,7 +365,7 @@ def _start_or_resume(config, engine, world: World, n_batches: int) -> _Run:
     r = config.runner
     root = r.model_save_path
     run = _Run()
-    files = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, checkpoint.STEPS_DIR)
+    files = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, checkpoint.STEPS_DIR, VISUAL_DIR)
     folder = checkpoint.latest(root) if r.resume else None
     if folder is None:
         if r.resume:
