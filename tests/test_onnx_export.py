@@ -225,3 +225,34 @@ def test_export_tool_on_a_dygraph_run_then_static_infer_use_onnx(tmp_path):
         )
     assert results["onnx"][0] == results["static"][0]  # the same metrics, as printed
     np.testing.assert_allclose(results["onnx"][1], results["static"][1], atol=1e-5)
+
+
+def test_export_picks_the_newest_epoch_the_asked_one_or_the_named_folder(tmp_path, monkeypatch):
+    """Which checkpoint tools/export.py converts, and the Paddle Inference model it writes for a
+    checkpoint without one (a dygraph run's); paddle2onnx and the check are stubbed out."""
+    from paddle_rec_zoo.run import checkpoint
+
+    cfg, engine = exported("esmm", (), tmp_path / "unused")
+    run = tmp_path / "run"
+    for epoch in (0, 1, 2):
+        checkpoint.save(str(run), epoch, engine.save, {"epoch": epoch, "step": epoch})
+    (run / "2" / "inference.json").unlink()  # as the dygraph trainer leaves it
+    converted = []
+    monkeypatch.setattr(onnx_export, "convert", lambda prefix, path: converted.append(path))
+    monkeypatch.setattr(onnx_export, "max_difference", lambda *a, **k: 0.0)
+    adapter = zoo_module("esmm", "static_model")
+    for load_path, epoch, expected in (
+        (run, None, run / "2"),
+        (run, 0, run / "0"),
+        (run / "1", None, run / "1"),
+    ):
+        cfg.runner.infer_load_path = str(load_path)
+        onnx_export.export(cfg, adapter, ("click", "buy"), epoch)
+        assert converted[-1] == str(expected / onnx_engine.ONNX_FILE)
+    assert engines.ALIAS_OP not in program_ops(run / "2" / "inference.json")
+    cfg.runner.infer_load_path = str(run)
+    with pytest.raises(UserError, match=r"no checkpoint for epoch 5 in .*\(it has epochs 0\.\.2\)"):
+        onnx_export.export(cfg, adapter, ("click", "buy"), 5)
+    cfg.runner.infer_load_path = str(tmp_path / "empty")
+    with pytest.raises(UserError, match="empty holds no epoch checkpoint"):
+        onnx_export.export(cfg, adapter, ("click", "buy"), None)
