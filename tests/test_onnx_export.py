@@ -240,6 +240,7 @@ def test_export_picks_the_newest_epoch_the_asked_one_or_the_named_folder(tmp_pat
     converted = []
     monkeypatch.setattr(onnx_export, "convert", lambda prefix, path: converted.append(path))
     monkeypatch.setattr(onnx_export, "max_difference", lambda *a, **k: 0.0)
+    monkeypatch.setattr(onnx_export, "require", lambda *a: None)  # runs without paddle2onnx
     adapter = zoo_module("esmm", "static_model")
     for load_path, epoch, expected in (
         (run, None, run / "2"),
