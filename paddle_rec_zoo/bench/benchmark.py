@@ -118,6 +118,9 @@ MEASUREMENTS = [
     ("infer_inference_cold", "static_infer.py use_inference, cold cache", "wall"),
     ("infer_inference_warm", "static_infer.py use_inference, warm cache", "wall"),
     ("infer_dygraph_warm", "infer.py (dygraph eval), warm cache", "wall"),
+    # the same static checkpoint as ONNX (tools/export.py, untimed), through ONNX Runtime
+    ("compute_onnx", "compute only: ONNX Runtime predict on in-memory batches", "probe"),
+    ("infer_onnx_warm", "static_infer.py use_onnx, warm cache", "wall"),
 ]
 
 
@@ -246,7 +249,7 @@ def probe(args) -> dict:
         start = time.perf_counter()
         n = sum(len(b.labels) for b in dataset.batches(r.train_batch_size, True, 1, 0))
         return {"rate": n / (time.perf_counter() - start + load_s), "seconds": load_s}
-    if name.startswith("compute_") and name != "compute_inference":
+    if name.startswith("compute_") and name not in ("compute_inference", "compute_onnx"):
         static = name == "compute_static"
         adapter, config, reader, place = _probe_setup(args, static)
         from paddle_rec_zoo.run import engines
@@ -258,16 +261,17 @@ def probe(args) -> dict:
         else:
             engine = engines.DygraphEngine(adapter, config, training=True)
         return {"rate": _timed_steps(engine.train_step, batches, warmup=10)}
-    if name == "compute_inference":
+    if name in ("compute_inference", "compute_onnx"):
         adapter, config, reader, _ = _probe_setup(args, static=True)
-        from paddle_rec_zoo.run import engines
+        from paddle_rec_zoo.run import engines, onnx_engine
 
         dataset = _dataset(config, reader, "test")
         batches = _in_memory_batches(
             dataset, config.runner.infer_batch_size, args.steps // 4, False
         )
         spec = adapter.StaticModel(config, reader.label_names).spec
-        engine = engines.InferenceEngine(spec, config)
+        predictor = onnx_engine.OnnxEngine if name == "compute_onnx" else engines.InferenceEngine
+        engine = predictor(spec, config)
         engine.load(os.path.join(config.runner.model_save_path, "0"))
         return {"rate": _timed_steps(engine.predict, batches, warmup=2)}
     if name == "kernels":
@@ -571,6 +575,21 @@ class Bench:
                 self.run_tool("infer_inference_warm", "static_infer", "out-static", run, infer)
             if want("infer_dygraph_warm"):
                 self.run_tool("infer_dygraph_warm", "infer", "out-dygraph", run)
+            if want("compute_onnx") or want("infer_onnx_warm"):
+                self.export_onnx("out-static")
+            if want("compute_onnx"):
+                self.run_probe("compute_onnx", "out-static", run)
+            if want("infer_onnx_warm"):
+                onnx = ["runner.use_onnx=True"]
+                self.run_tool("infer_onnx_warm", "static_infer", "out-static", run, onnx)
+
+    def export_onnx(self, save: str):
+        """tools/export.py on the static run's epoch 0, once (untimed: a deployment step)."""
+        if os.path.exists(os.path.join(self.args.workdir, save, "0", "inference.onnx")):
+            return
+        cmd = [sys.executable, os.path.join(TOOLS, "export.py"), "-m", CONFIG]
+        cmd += ["-o", *self.opts(save), "runner.infer_start_epoch=0"]
+        run_process(cmd, os.path.join(self.logs, "export-onnx.log"))
 
     def run_vocab(self, sizes: list[int]):
         """Compute-only and whole-process training per table size, baseline in the same run."""

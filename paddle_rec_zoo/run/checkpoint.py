@@ -45,8 +45,9 @@ STATE_FILE = "train_state.npz"  # mid-epoch checkpoints: every rank's training m
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "training_curves.png"
 BEST_FILE = "best.json"
+VISUAL_DIR = "visualdl"  # runner.use_visual's VisualDL logs
 # what a new run replaces (with runner.overwrite) besides the checkpoints
-RUN_FILES = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, STEPS_DIR)
+RUN_FILES = (METRICS_FILE, CURVES_FILE, BEST_FILE, BEST_DIR, STEPS_DIR, VISUAL_DIR)
 
 
 def epoch_dir(root: str, epoch: int) -> str:

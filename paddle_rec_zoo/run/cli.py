@@ -20,6 +20,12 @@ TOOLS = {
     "infer": ("dygraph", "infer"),
     "static_trainer": ("static", "train"),
     "static_infer": ("static", "infer"),
+    "export": ("static", "export"),
+}
+DESCRIPTIONS = {
+    "train": "Train a model ({engine} engine) from its config.yaml.",
+    "infer": "Evaluate a model ({engine} engine) from its config.yaml.",
+    "export": "Write a checkpoint's inference.onnx (and its Paddle Inference model if missing).",
 }
 
 
@@ -27,8 +33,7 @@ def parse_args(tool: str, argv=None) -> argparse.Namespace:
     engine, job = TOOLS[tool]
     parser = argparse.ArgumentParser(
         prog=f"{tool}.py",
-        description=f"{'Train' if job == 'train' else 'Evaluate'} a model ({engine} engine) "
-        "from its config.yaml.",
+        description=DESCRIPTIONS[job].format(engine=engine),
     )
     parser.add_argument("-m", "--config", required=True, help="the model's config YAML")
     parser.add_argument(
@@ -109,7 +114,7 @@ def run(tool: str, args) -> int:
     )
     model_cls = adapter.DygraphModel if engine_kind == "dygraph" else adapter.StaticModel
     config = load_config(args.config, args.opt, model_cls.hyper_parameters_class)
-    reader_cls = reader_class(config, job)
+    reader_cls = reader_class(config, "train" if job == "train" else "infer")
 
     from paddle_rec_zoo.report import progress
     from paddle_rec_zoo.run import distributed, evaluate, loop
@@ -120,11 +125,16 @@ def run(tool: str, args) -> int:
             progress.log(note)
         static = engine_kind == "static"
         place = runtime.setup(config, static=static)
+        reader = reader_cls(config)
         # a static tool runs in static mode throughout; run in-process, it leaves the mode it found
         with runtime.static_mode() if static else contextlib.nullcontext():
-            engine, reader = _engine(
-                engine_kind, job, adapter, model_cls, config, reader_cls, world, place
-            )
+            if job == "export":
+                from paddle_rec_zoo.run import onnx_export
+
+                epoch = _epoch_asked(config, args.opt)
+                onnx_export.export(config, adapter, reader.label_names, epoch)
+                return 0
+            engine = _engine(engine_kind, job, adapter, model_cls, config, reader, world, place)
             if job == "train":
                 loop.train(config, engine, reader, world)
             else:
@@ -132,16 +142,25 @@ def run(tool: str, args) -> int:
     return 0
 
 
-def _engine(engine_kind, job, adapter, model_cls, config, reader_cls, world, place):
-    """The tool's engine over the model, and the data set's reader."""
+def _engine(engine_kind, job, adapter, model_cls, config, reader, world, place):
+    """The tool's engine over the model."""
     from paddle_rec_zoo.run import engines
 
-    reader = reader_cls(config)
     training = job == "train"
     kwargs = {"training": training, "world": world, "label_names": reader.label_names}
     if engine_kind == "dygraph":
-        return engines.DygraphEngine(adapter, config, **kwargs), reader
+        return engines.DygraphEngine(adapter, config, **kwargs)
+    if not training and config.runner.use_onnx:
+        from paddle_rec_zoo.run.onnx_engine import OnnxEngine
+
+        return OnnxEngine(model_cls(config, reader.label_names).spec, config)
     if not training and config.runner.use_inference:
-        spec = model_cls(config, reader.label_names).spec
-        return engines.InferenceEngine(spec, config), reader
-    return engines.StaticEngine(adapter, config, place=place, **kwargs), reader
+        return engines.InferenceEngine(model_cls(config, reader.label_names).spec, config)
+    return engines.StaticEngine(adapter, config, place=place, **kwargs)
+
+
+def _epoch_asked(config, overrides: list[str]) -> int | None:
+    """The epoch export.py converts: `runner.infer_start_epoch` when the command line sets it,
+    else None (the newest). A config's own value is where its evaluations start, not a choice."""
+    asked = any(o.startswith("runner.infer_start_epoch=") for o in overrides)
+    return config.runner.infer_start_epoch if asked else None

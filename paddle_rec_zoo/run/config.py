@@ -86,6 +86,8 @@ class RunnerConfig:
     infer_end_epoch: int = -1  # exclusive; -1 = `epochs`
     save_predictions: str = path_field()  # CSV of per-sample predictions for the last epoch
     use_inference: bool = False  # static_infer: evaluate the exported Paddle Inference model
+    use_onnx: bool = False  # static_infer: evaluate the checkpoint's inference.onnx (ONNX Runtime)
+    use_visual: bool = False  # trainers: also write VisualDL logs into model_save_path/visualdl
     cache_dir: str = path_field()  # parsed-data cache; "" = ~/.cache/paddle-rec-zoo
     use_cache: bool = True
     # math-library threads of the training step; 0 = all usable cores (shared among the Fleet
@@ -113,6 +115,10 @@ class RunnerConfig:
             raise UserError(
                 f"{where}.cpu_math: choose one of {', '.join(cpu_math.CHOICES)}, "
                 f"not {self.cpu_math!r}"
+            )
+        if self.use_inference and self.use_onnx:
+            raise UserError(
+                f"{where}.use_inference and {where}.use_onnx: choose one predictor to evaluate"
             )
         if self.keep_step_checkpoints < 1:
             raise UserError(

@@ -26,6 +26,11 @@ from paddle_rec_zoo.run.checkpoint import INFERENCE_PREFIX, OPT_FILE, PARAMS_FIL
 from paddle_rec_zoo.run.distributed import World
 from paddle_rec_zoo.run.runtime import in_static_mode, math_threads, selected_gpu
 
+# builtin.shadow_output: the op that gives a PIR value a name. Our export used it to name the
+# outputs pctr, pcvr, pctcvr; paddle2onnx 2.1.0 has no converter for it and aborted on it
+# ("Due to the unsupported operators, the conversion is aborted"). The fetch ops name the
+# outputs by themselves, so the exported program leaves it out (`drop_output_aliases`).
+ALIAS_OP = "builtin.shadow_output"
 ROW_LR_STATE = "Embedding_LR_Scheduler"  # optimizer-state key of the embedding optimizer's schedule
 
 
@@ -56,6 +61,23 @@ def _load_pickle(folder: str, name: str):
 
 def load_params_file(folder: str) -> dict:
     return {k: np.asarray(v) for k, v in _load_pickle(folder, PARAMS_FILE).items()}
+
+
+def drop_output_aliases(model_file: str) -> bool:
+    """Remove the `builtin.shadow_output` ops from the PIR program saved in `model_file` (a
+    `.json` of `save_inference_model`), in place. The outputs keep their names: Paddle
+    Inference and paddle2onnx read them from the fetch ops. Returns whether any was removed."""
+    program = paddle.static.Program()
+    trainable = paddle.base.core.deserialize_pir_program(model_file, program)
+    block = program.global_block()
+    aliases = [op for op in block.ops if op.name() == ALIAS_OP]
+    for op in aliases:
+        block.remove_op(op)
+    if aliases:
+        tmp = f"{model_file}.tmp-{os.getpid()}"
+        paddle.base.core.serialize_pir_program(program, tmp, True, False, trainable)
+        os.replace(tmp, model_file)
+    return bool(aliases)
 
 
 class _Fetched:
@@ -431,6 +453,8 @@ class StaticEngine:
             program=self.infer_program,
             skip_prune_program=True,  # pruning would drop the output names set above
         )
+        # The fetch ops now carry the names; the aliases that gave them stop paddle2onnx
+        drop_output_aliases(prefix + ".json")
 
     def load(self, folder: str):
         self.set_params(load_params_file(folder), folder)
@@ -481,6 +505,9 @@ class InferenceEngine:
             )
         cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
         cfg.disable_glog_info()
+        # The inplace pass let an op write into a value that is also an output: the division
+        # variant's pcvr = pctcvr / pctr overwrote the pctcvr returned (by up to 0.9)
+        cfg.delete_pass("inplace_pass")
         if self.config.runner.use_gpu and paddle.is_compiled_with_cuda():
             # the GPU runtime.setup selected; inputs are copied host -> device by the predictor
             cfg.enable_use_gpu(256, selected_gpu())

@@ -6,7 +6,9 @@ Where a run starts is `resume`'s, what its folder holds `checkpoint`'s, evaluati
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 
 import numpy as np
@@ -16,6 +18,7 @@ from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.report import plot
 from paddle_rec_zoo.report.metrics import TrainMetrics, fmt
 from paddle_rec_zoo.report.progress import log, progress, set_postfix
+from paddle_rec_zoo.report.visual import open_visual_log
 from paddle_rec_zoo.run import checkpoint, keep_best, resume, signals, warm_start
 from paddle_rec_zoo.run.distributed import World
 from paddle_rec_zoo.run.evaluate import (
@@ -37,6 +40,9 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     test_set = load_dataset(config, reader, "test") if evaluate_each else None
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     run = resume.start_or_resume(config, engine, world, n_batches)
+    if world.is_main and r.use_visual:
+        folder = os.path.join(r.model_save_path, checkpoint.VISUAL_DIR)
+        run.visual = open_visual_log(folder, engine.spec, run.records, run.tests)
     if r.model_init_path and run.folder is None:  # a resumed run goes on from its own
         warm_start.load(config, engine)
     log(
@@ -48,7 +54,9 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     epochs = _Epochs(config, engine, reader, world, run, n_batches, test_set)
     if world.is_main:  # the rank that draws the curves at every epoch's end; only now that the
         plot.preload()  # data sets are read: their parsing forks, which must not meet an import
-    with signals.stop.deferred():
+    with signals.stop.deferred(), contextlib.ExitStack() as stack:
+        if run.visual is not None:
+            stack.callback(run.visual.close)
         for epoch in range(run.start_epoch, r.epochs):
             seconds = epochs.train(dataset, epoch)
             epochs.end(epoch, seconds)
@@ -122,6 +130,8 @@ class _Epochs:
         self.run.records.append(record)
         if self.world.is_main:
             checkpoint.append_record(self.root, record)
+            if self.run.visual is not None:
+                self.run.visual.train(record)
         log(
             f"epoch {epoch} batch {batch}/{self.n_batches}: loss {fmt(record['loss'])} "
             + " ".join(f"{k} {fmt(v)}" for k, v in running.items())
@@ -196,6 +206,8 @@ class _Epochs:
         self.run.tests.append(result)
         if self.world.is_main:
             checkpoint.append_record(self.root, result)
+            if self.run.visual is not None:
+                self.run.visual.test(result)
         log(f"epoch {epoch} test: {metric_text(result, self.spec)}")
         return result
 

@@ -42,7 +42,6 @@ NO_EFFECT = {
     "runner.sync_mode": _PS,
     "runner.split_file_list": "with runner.use_fleet every rank reads its own share of the rows",
     "runner.dataset_debug": "malformed lines are reported with file and line (doc/reliability.md)",
-    "runner.use_visual": "curves go to metrics.jsonl and training_curves.png in model_save_path",
     "runner.use_xpu": "this zoo runs on the CPU or a CUDA GPU (runner.use_gpu)",
     "runner.use_npu": "this zoo runs on the CPU or a CUDA GPU (runner.use_gpu)",
     "hyper_parameters.optimizer.strategy": _PS,

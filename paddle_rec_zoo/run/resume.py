@@ -33,6 +33,7 @@ class RunState:
     folder: str | None = None  # the checkpoint resumed from
     position: dict | None = None  # a mid-epoch checkpoint's metrics state and loss window
     epoch_samples: int = 0
+    visual: object = None  # runner.use_visual's VisualLog (main rank), or None
 
 
 def start_or_resume(config, engine, world: World, n_batches: int) -> RunState:
