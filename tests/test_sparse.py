@@ -21,7 +21,7 @@ from paddle_rec_zoo.nn.sparse import (
 )
 from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
-TABLE = "inputs.0.embedding.weight"
+TABLE = "input.embedding.weight"
 
 
 def opts(rule: str, *extra):

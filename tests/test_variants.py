@@ -119,10 +119,10 @@ def test_variants_own_or_share_embeddings():
     shapes = {
         v: dict(net_of(small(f"hyper_parameters.variant={v}")).state_dict()) for v in VARIANTS
     }
-    assert "inputs.0.embedding.weight" in shapes["esmm"]
-    assert "inputs.1.embedding.weight" not in shapes["esmm"]
+    assert "input.embedding.weight" in shapes["esmm"]
+    assert "cvr_input.embedding.weight" not in shapes["esmm"]
     for v in ("esmm_ns", "base", "division"):
-        assert "inputs.1.embedding.weight" in shapes[v]
+        assert "cvr_input.embedding.weight" in shapes[v]
     assert (
         "ctcvr_tower.0.weight" in shapes["division"]
         and "cvr_tower.0.weight" not in shapes["division"]
@@ -138,10 +138,10 @@ def test_feature_groups_and_towers_shape_the_network():
     )
     params = {k: tuple(v.shape) for k, v in net_of(cfg).state_dict().items()}
     dim = cfg.hyper_parameters.sparse_feature_dim
-    assert params["inputs.0.group_dnns.0.0.weight"] == (13 * dim, 16)
-    assert params["inputs.0.group_dnns.0.2.weight"] == (16, 8)
-    assert params["inputs.0.group_dnns.1.0.weight"] == (5 * dim, 12)
-    assert not any(k.startswith("inputs.0.group_dnns.2.") for k in params)  # combo: no DNN
+    assert params["input.group_dnns.0.0.weight"] == (13 * dim, 16)
+    assert params["input.group_dnns.0.2.weight"] == (16, 8)
+    assert params["input.group_dnns.1.0.weight"] == (5 * dim, 12)
+    assert not any(k.startswith("input.group_dnns.2.") for k in params)  # combo: no DNN
     tower_in = 8 + 12 + 5 * dim
     assert params["ctr_tower.0.weight"] == (tower_in, 32)
     assert params["cvr_tower.0.weight"] == (tower_in, 7)
@@ -398,3 +398,47 @@ def test_training_with_fewer_tower_metrics_evaluates_and_plots_what_is_declared(
     test_line = next(line for line in out.splitlines() if "epoch 0 test:" in line)
     assert "auc_ctr" in test_line and "logloss_ctcvr" in test_line and "auc_cvr" not in test_line
     assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+
+
+def _as_written_before(folder, old_names: dict):
+    """Rewrite a checkpoint's weight and optimizer files with the names an older version gave
+    (`old_names`: {new prefix: old prefix})."""
+    for name in ("rec.pdparams", "rec.pdopt"):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        state = paddle.load(path)
+        renamed = {}
+        for key, value in state.items():
+            new = next((p for p in old_names if key.startswith(p)), None)
+            renamed[old_names[new] + key[len(new) :] if new else key] = value
+        paddle.save(renamed, path)
+
+
+@pytest.mark.parametrize("kind", ["dygraph", "static"])
+def test_checkpoints_with_the_old_input_names_still_load(tmp_path, kind):
+    """ESMM named its inputs `inputs.0`/`inputs.1`, the other models `input`: all use `input`
+    (and `cvr_input`) now, and checkpoints written with the old names load, with their
+    optimizer state, into both engines."""
+    cfg = small("hyper_parameters.variant=esmm_ns")
+    module = esmm_module("dygraph_model" if kind == "dygraph" else "static_model")
+    engine_cls = DygraphEngine if kind == "dygraph" else StaticEngine
+    paddle.seed(1)
+    trained = engine_cls(module, cfg)
+    trained.train_step(batch_of(cfg, n=64, seed=1))
+    trained.save(str(tmp_path))
+    want = trained.get_params()
+    batch = batch_of(cfg, n=64, seed=2)
+    next_loss = trained.train_step(batch)[0]  # before a second engine: static ones share a scope
+    _as_written_before(tmp_path, {"input.": "inputs.0.", "cvr_input.": "inputs.1."})
+    saved = paddle.load(str(tmp_path / "rec.pdparams"))
+    assert "inputs.1.embedding.weight" in saved and "cvr_input.embedding.weight" not in saved
+    paddle.seed(2)
+    fresh = engine_cls(module, cfg)
+    fresh.load_training_state(str(tmp_path))
+    got = fresh.get_params()
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # and it goes on as the saved run did: the optimizer state came too
+    assert fresh.train_step(batch)[0] == pytest.approx(next_loss, rel=1e-6)

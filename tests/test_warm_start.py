@@ -13,7 +13,7 @@ from paddle_rec_zoo.run import checkpoint, warm_start
 from paddle_rec_zoo.run.engines import DygraphEngine, StaticEngine
 
 ROWS = 300
-TABLE = "inputs.0.embedding.weight"
+TABLE = "input.embedding.weight"
 
 
 def config(*overrides, rows=ROWS):

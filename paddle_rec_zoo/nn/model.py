@@ -10,6 +10,7 @@ metric. A model folder's `net.py` defines one `Model` subclass; its `dygraph_mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import paddle.nn as nn
 
@@ -72,10 +73,25 @@ class Model(nn.Layer):
     """
 
     hyper_parameters_class: type
+    # {old key prefix: new}: weights and optimizer slots saved before a layer was renamed keep
+    # loading (checkpoints, warm starts, resume); see `upgrade_state`
+    renamed_state: ClassVar[dict[str, str]] = {}
 
     def __init__(self, hp):
         super().__init__()
         self.hp = hp
+
+    @classmethod
+    def upgrade_state(cls, state: dict) -> dict:
+        """`state` (structured names, or `name:slot` keys) with the names of older checkpoints
+        renamed to this version's; other keys unchanged."""
+        if not cls.renamed_state:
+            return state
+        out = {}
+        for key, value in state.items():
+            old = next((p for p in cls.renamed_state if key.startswith(p)), None)
+            out[cls.renamed_state[old] + key[len(old) :] if old else key] = value
+        return out
 
     @classmethod
     def spec(cls, hp) -> ModelSpec:

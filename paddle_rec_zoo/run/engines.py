@@ -191,7 +191,12 @@ class DygraphEngine:
     def get_params(self) -> dict:
         return {k: fetch() for k, fetch in self._params().items()}
 
+    def upgrade_state(self, state: dict) -> dict:
+        """Weights or optimizer slots of an older checkpoint under this version's names."""
+        return self.net.upgrade_state(state)
+
     def set_params(self, params: dict, source: str = "weights"):
+        params = self.upgrade_state(params)
         state = self.net.state_dict()
         _check_shapes({k: v.shape for k, v in state.items()}, params, source)
         self.net.set_state_dict({k: params[k] for k in state})
@@ -203,7 +208,7 @@ class DygraphEngine:
 
     def _optimizer_vars(self) -> dict:
         """The optimizer's state tensors, keyed `<structured param name>:<kind>` (e.g.
-        `ctr_tower.0.weight:moment1`, `inputs.0.embedding.weight:moment2` for a table's slot).
+        `ctr_tower.0.weight:moment1`, `input.embedding.weight:moment2` for a table's slot).
 
         Paddle's own `state_dict()` keys them by generated variable names with counters
         (`linear_3.w_0_moment1_7`) that differ from process to process.
@@ -240,7 +245,7 @@ class DygraphEngine:
         block = paddle.static.default_main_program().global_block()  # unused in dygraph
         self.optimizer._create_accumulators(block, params)
         targets, schedules = self._optimizer_vars(), self._schedules()
-        for key, value in state.items():
+        for key, value in self.upgrade_state(state).items():
             if key in schedules:
                 schedules[key].set_state_dict(value)
             elif key in targets:
@@ -402,7 +407,13 @@ class StaticEngine:
     def get_params(self) -> dict:
         return {k: fetch() for k, fetch in self._params().items()}
 
+    def upgrade_state(self, state: dict) -> dict:
+        """Weights of an older checkpoint under this version's structured names (the optimizer
+        state of this engine is keyed by scope variable names, which did not change)."""
+        return self.adapter.layer.upgrade_state(state)
+
     def set_params(self, params: dict, source: str = "weights"):
+        params = self.upgrade_state(params)
         shapes = {k: self._tensor(v).shape() for k, v in self.param_names.items()}
         _check_shapes(shapes, params, source)
         for k, var_name in self.param_names.items():

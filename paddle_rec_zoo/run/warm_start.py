@@ -127,7 +127,7 @@ def load(config, engine):
     _check_compatible(config, engine, meta, folder)
     source = f"{KEY} {folder}"
     current = engine.get_params()
-    saved = load_params_file(folder)
+    saved = engine.upgrade_state(load_params_file(folder))
     old_rows = _rows(meta)
     new_rows = getattr(config.hyper_parameters, "sparse_feature_number", None)
     grown = old_rows is not None and new_rows is not None and new_rows != old_rows
@@ -149,7 +149,7 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, sc
     path = os.path.join(folder, OPT_FILE)
     if not os.path.exists(path):
         raise UserError(f"runner.model_init_optimizer: {folder} has no {OPT_FILE}")
-    state = paddle.load(path)
+    state = engine.upgrade_state(paddle.load(path))
     if grown:
         tables = {k: v for k, v in saved.items() if params[k].shape != v.shape}
         state = _grow_optimizer(state, old_rows, new_rows, tables)

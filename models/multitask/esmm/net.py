@@ -28,8 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import paddle.nn as nn
-
 from paddle_rec_zoo import (
     FeatureInput,
     MultiTaskHyperParameters,
@@ -61,19 +59,20 @@ class HyperParameters(MultiTaskHyperParameters):
 class ESMMLayer(MultiTaskModel):
     """ids [B, width] int64 -> dict of pctr, pcvr, pctcvr [B, 1] and the towers' logits [B, 1].
 
-    Parameters: `inputs.0` (the shared input, or the CTR side's), `inputs.1` (the CVR/CTCVR
-    side's, for every variant but `esmm`), `ctr_tower`, and `cvr_tower` (`ctcvr_tower` for
-    `division`).
+    Parameters: `input` (the shared input, or the CTR side's: `input` in every model of the
+    zoo), `cvr_input` (the CVR/CTCVR side's, for every variant but `esmm`), `ctr_tower`, and
+    `cvr_tower` (`ctcvr_tower` for `division`).
     """
 
     hyper_parameters_class = HyperParameters
+    renamed_state: ClassVar[dict[str, str]] = {"inputs.0.": "input.", "inputs.1.": "cvr_input."}
 
     def __init__(self, hp: HyperParameters):
         super().__init__(hp)
         self.variant = hp.variant
-        n_inputs = 1 if hp.variant == "esmm" else 2
-        self.inputs = nn.LayerList([FeatureInput(hp) for _ in range(n_inputs)])
-        in_size = self.inputs[0].out_size
+        self.input = FeatureInput(hp)
+        self.cvr_input = None if hp.variant == "esmm" else FeatureInput(hp)
+        in_size = self.input.out_size
         self.ctr_tower = mlp(in_size, hp.tower_units("ctr"), hp.ctr_tower.dropout)
         second = mlp(in_size, hp.tower_units("cvr"), hp.cvr_tower.dropout)
         if hp.variant == "division":
@@ -84,18 +83,18 @@ class ESMMLayer(MultiTaskModel):
     @property
     def embedding(self):
         """The shared embedding table (the CTR side's when the sides have their own)."""
-        return self.inputs[0].embedding
+        return self.input.embedding
 
     def pooled_features(self, ids):
         """[B, width] ids -> [B, F * D] pooled embeddings of the (first) input."""
-        pooled = self.inputs[0].pooled(ids)
+        pooled = self.input.pooled(ids)
         return pooled.reshape([-1, pooled.shape[1] * pooled.shape[2]])
 
     def forward(self, ids):
-        ctr_x, ctr_pooled = self.inputs[0](ids)
+        ctr_x, ctr_pooled = self.input(ids)
         cvr_x, pooled = ctr_x, [ctr_pooled]
-        if len(self.inputs) == 2:
-            cvr_x, cvr_pooled = self.inputs[1](ids)
+        if self.cvr_input is not None:
+            cvr_x, cvr_pooled = self.cvr_input(ids)
             pooled.append(cvr_pooled)
         ctr_logit = self.ctr_tower(ctr_x)
         if self.variant == "division":
