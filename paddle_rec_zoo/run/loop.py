@@ -20,7 +20,7 @@ from paddle_rec_zoo.report import plot
 from paddle_rec_zoo.report.metrics import Collector, TrainMetrics, fmt
 from paddle_rec_zoo.report.metrics import evaluate as evaluate_metrics
 from paddle_rec_zoo.report.progress import log, progress, set_postfix
-from paddle_rec_zoo.run import checkpoint, signals, warm_start
+from paddle_rec_zoo.run import checkpoint, signals, table_shards, warm_start
 from paddle_rec_zoo.run.distributed import World
 
 METRICS_FILE = "metrics.jsonl"
@@ -217,9 +217,10 @@ def _end_epoch(config, engine, reader, world, run: _Run, epoch, seconds, epoch_s
         log(f"epoch {epoch} test: {metric_text(result, engine.spec)}")
     folder = checkpoint.epoch_dir(r.model_save_path, epoch)
     rng = world.all_gather_object(paddle.get_rng_state())
+    shards = _write_shards(engine, world, r.model_save_path, f"epoch-{epoch}")
     if not world.is_main:
         return
-    checkpoint.save(r.model_save_path, epoch, _writer(engine, rng), meta)
+    checkpoint.save(r.model_save_path, epoch, _writer(engine, rng, shards), meta)
     checkpoint.remove_steps(r.model_save_path, through=run.step)
     log(
         f"epoch {epoch} done in {seconds:.1f}s ({epoch_samples / seconds:,.0f} samples/s); "
@@ -267,6 +268,7 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
     epoch, batch, n_batches, step = position
     states = world.all_gather_object({**state, "rng": paddle.get_rng_state()})
     folder = checkpoint.step_dir(r.model_save_path, step)
+    shards = _write_shards(engine, world, r.model_save_path, f"step-{step}")
     if world.is_main:
         meta = {
             "epoch": epoch,
@@ -283,7 +285,7 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
         }
 
         def write(tmp: str):
-            _writer(engine, [s["rng"] for s in states])(tmp)
+            _writer(engine, [s["rng"] for s in states], shards)(tmp)
             arrays = {}
             for rank, s in enumerate(states):
                 arrays[f"{rank}.window"] = s["window"]
@@ -296,10 +298,24 @@ def _save_position(config, engine, world: World, position, state, epoch_samples,
     return folder
 
 
-def _writer(engine, rng_states: list):
-    """Writes the engine's files and every rank's random-generator state (dropout masks)."""
+def _write_shards(engine, world: World, root: str, name: str) -> str | None:
+    """Every rank writes its rows of row-sharded tables into a staging folder (returned) that
+    rank 0 then moves into the checkpoint (`_writer`); None without sharded tables."""
+    if not getattr(engine, "sharded", None):
+        return None
+    staging = table_shards.staging_dir(root, name)
+    engine.write_shards(staging)
+    world.all_reduce_sum(np.zeros(1))  # every rank's files are complete
+    return staging
+
+
+def _writer(engine, rng_states: list, shards: str | None = None):
+    """Writes the engine's files and every rank's random-generator state (dropout masks);
+    `shards`: the staging folder of every rank's rows of sharded tables (`_write_shards`)."""
 
     def write(folder: str):
+        if shards is not None:
+            table_shards.move_into(shards, folder, engine.shard_shapes(), engine.world.size)
         engine.save(folder)
         paddle.save(rng_states, os.path.join(folder, RNG_FILE))
 
@@ -457,10 +473,18 @@ def predict_dataset(
     collected = Collector()
     n_batches = dataset.num_batches(batch_size, world.rank, world.size)
     batches = dataset.batches(batch_size, rank=world.rank, world=world.size)
+    batch = None
     for batch in progress(batches, n_batches, desc):
         outputs = engine.predict(batch)
         labels = spec.label_columns(batch, reader.label_names)
         collected.add(sample_id=batch.sample_id, **outputs, **labels)
+    if getattr(engine, "lockstep", False) and world.active:
+        # predict is a collective (sharded tables): every rank calls it as often as the rank
+        # with the most batches (the shares differ by at most a row)
+        counts = np.zeros(world.size)
+        counts[world.rank] = n_batches
+        for _ in range(int(world.all_reduce_sum(counts).max()) - n_batches):
+            engine.idle(batch if batch is not None else next(iter(dataset.batches(1))))
     arrays = world.gather_arrays(collected.arrays())
     result = evaluate_metrics(spec.metrics, spec.counts, arrays)
     result["samples_per_s"] = len(dataset) / max(time.time() - start, 1e-9)
