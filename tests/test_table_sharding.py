@@ -7,10 +7,12 @@ batch (`tests/test_reliability.py` does the same without sharding).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import paddle
 import pytest
-from conftest import ESMM_CONFIG, esmm_config, esmm_module, launch_fleet, run_tool
+from conftest import ESMM_CONFIG, ESMM_DIR, esmm_config, esmm_module, launch_fleet, run_tool
 
 from paddle_rec_zoo.nn.sparse import RowShards, SparseEmbedding, row_batch, sharding
 from paddle_rec_zoo.run import table_shards
@@ -79,6 +81,18 @@ def test_each_rank_draws_its_rows_of_the_table_one_process_draws():
         assert shard.num_rows == 1001 and shard.weight.no_sync
 
 
+def test_sharding_needs_a_row_wise_embedding_optimizer():
+    from paddle_rec_zoo.errors import UserError
+
+    with pytest.raises(UserError, match="table_sharding: row needs a row-wise embedding_optim"):
+        esmm_config(
+            "hyper_parameters.table_sharding=row",
+            "hyper_parameters.embedding_optimizer.class=dense",
+        )
+    with pytest.raises(UserError, match="table_sharding: choose none or row"):
+        esmm_config("hyper_parameters.table_sharding=column")
+
+
 def _common(tmp_path, *extra):
     return [
         f"runner.cache_dir={tmp_path / 'cache'}",
@@ -117,6 +131,15 @@ def _metrics(log: str, marker: str) -> str:
 )
 def test_two_sharded_ranks_equal_one_process_with_double_batch(tmp_path, tool, rule):
     args = _common(tmp_path, f"hyper_parameters.embedding_optimizer.class={rule}")
+    samples = "1,000"
+    if rule == "rowwise_adagrad":  # 501 test rows in batches of 250: rank 0 evaluates 2
+        # batches, rank 1 one (and takes part in rank 0's second lookup without a batch)
+        test = tmp_path / "test"
+        test.mkdir()
+        lines = Path(ESMM_DIR, "data", "test", "part-00000.txt").read_text().splitlines()
+        (test / "part-00000.txt").write_text("\n".join(lines[:501]) + "\n")
+        args += [f"runner.test_data_dir={test}", "runner.infer_batch_size=250"]
+        samples = "501"
     sharded = [*args, "hyper_parameters.table_sharding=row", "runner.train_batch_size=128"]
     proc, logs = launch_fleet(
         tmp_path / "log", tool, *sharded, f"runner.model_save_path={tmp_path / 'dp'}"
@@ -129,7 +152,7 @@ def test_two_sharded_ranks_equal_one_process_with_double_batch(tmp_path, tool, r
     assert not [k for k in paddle.load(str(dp / "rec.pdparams")) if "embedding" in k]
     _assert_close(load_params_file(str(dp)), load_params_file(str(one)))
     # the evaluation during training looked the sharded rows up on both ranks
-    assert "epoch 1 test:" in logs[0] and "(samples 1,000," in logs[0]
+    assert "epoch 1 test:" in logs[0] and f"(samples {samples}," in logs[0]
     trained = _metrics(logs[0], "test: ")
     if tool == "static_trainer":  # the exported model holds the whole table
         infer = run_tool(
@@ -139,6 +162,9 @@ def test_two_sharded_ranks_equal_one_process_with_double_batch(tmp_path, tool, r
         )  # fmt: skip
         assert infer.returncode == 0, infer.stderr
         assert _metrics(infer.stdout + infer.stderr, "[inference]: ") == trained
+        from test_preemption import fleet_sigterm_then_resume
+
+        fleet_sigterm_then_resume(tmp_path, tool, sharded, tmp_path / "dp")
         return
     slots = {k: v for k, v in load_optimizer_file(str(one)).items() if not isinstance(v, dict)}
     merged = load_optimizer_file(str(dp))

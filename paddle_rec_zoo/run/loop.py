@@ -481,9 +481,8 @@ def predict_dataset(
     if getattr(engine, "lockstep", False) and world.active:
         # predict is a collective (sharded tables): every rank calls it as often as the rank
         # with the most batches (the shares differ by at most a row)
-        counts = np.zeros(world.size)
-        counts[world.rank] = n_batches
-        for _ in range(int(world.all_reduce_sum(counts).max()) - n_batches):
+        most = max(dataset.num_batches(batch_size, r, world.size) for r in range(world.size))
+        for _ in range(most - n_batches):
             engine.idle(batch if batch is not None else next(iter(dataset.batches(1))))
     arrays = world.gather_arrays(collected.arrays())
     result = evaluate_metrics(spec.metrics, spec.counts, arrays)
