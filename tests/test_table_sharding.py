@@ -139,6 +139,7 @@ def test_two_sharded_ranks_equal_one_process_with_double_batch(tmp_path, tool, r
         lines = Path(ESMM_DIR, "data", "test", "part-00000.txt").read_text().splitlines()
         (test / "part-00000.txt").write_text("\n".join(lines[:501]) + "\n")
         args += [f"runner.test_data_dir={test}", "runner.infer_batch_size=250"]
+        args += ["runner.keep_best=auc_ctcvr"]  # best/ is a copy, shards included
         samples = "501"
     sharded = [*args, "hyper_parameters.table_sharding=row", "runner.train_batch_size=128"]
     proc, logs = launch_fleet(
@@ -151,6 +152,10 @@ def test_two_sharded_ranks_equal_one_process_with_double_batch(tmp_path, tool, r
     assert table_shards.read_layout(str(dp))["ranks"] == 2
     assert not [k for k in paddle.load(str(dp / "rec.pdparams")) if "embedding" in k]
     _assert_close(load_params_file(str(dp)), load_params_file(str(one)))
+    if rule == "rowwise_adagrad":
+        best = tmp_path / "dp" / "best"
+        assert (best / "shards").is_dir()
+        _assert_close(load_params_file(str(best)), load_params_file(str(one.parent / "best")))
     # the evaluation during training looked the sharded rows up on both ranks
     assert "epoch 1 test:" in logs[0] and f"(samples {samples}," in logs[0]
     trained = _metrics(logs[0], "test: ")

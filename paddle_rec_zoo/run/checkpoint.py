@@ -172,7 +172,11 @@ def copy(src: str, dst: str):
     tmp = tempfile.mkdtemp(prefix=".tmp-copy-", dir=parent)
     try:
         for name in os.listdir(src):
-            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+            path = os.path.join(src, name)
+            if os.path.isdir(path):  # shards/: every rank's rows of sharded tables
+                shutil.copytree(path, os.path.join(tmp, name))
+            else:
+                shutil.copy2(path, os.path.join(tmp, name))
         _move_into_place(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
