@@ -187,7 +187,7 @@ class SparseEmbedding(nn.Embedding):
         shards = shards or _building_shards
         self.shards = shards if row_wise and shards is not None and shards.size > 1 else None
         init = nn.initializer.Normal(std=init_std)
-        if self.shards is not None:  # filled below, as the whole table would have been
+        if self.shards is not None:  # its rows of the whole table's draw: first_rows
             init = nn.initializer.Constant(0.0)
         rows = num_rows if self.shards is None else self.shards.rows(num_rows)
         super().__init__(rows, dim, padding_idx=0, weight_attr=paddle.ParamAttr(initializer=init))
@@ -246,8 +246,9 @@ class SparseEmbedding(nn.Embedding):
             )
         lookup = self.lookup
         if lookup is None or lookup.uniq is not self.row_ids:  # this step's first call
-            rows = self._sharded_rows() if self.shards is not None else None
-            if rows is None:
+            if self.shards is not None:
+                rows = self._sharded_rows()
+            else:
                 rows = paddle.gather(self.weight, self.row_ids)  # [U, D]
             rows.stop_gradient = False
             lookup = self.lookup = RowLookup(self.weight, self.row_ids, rows, self.owned)
