@@ -202,7 +202,10 @@ class SparseEmbedding(nn.Embedding):
         if self.shards is not None and paddle.in_dynamic_mode():  # static: once its startup ran
             # every rank's own shard: DataParallel must not broadcast rank 0's over it
             self.weight.no_sync = True
-            self.first_rows(out=np.from_dlpack(self.weight))  # in place: no second copy
+            if self.weight.place.is_cpu_place():
+                self.first_rows(out=np.from_dlpack(self.weight))  # in place: no second copy
+            else:
+                self.weight.set_value(self.first_rows())
 
     def first_rows(self, out: np.ndarray | None = None, chunk: int = 1 << 20) -> np.ndarray:
         """This rank's rows [shard rows, D] of the table `nn.Embedding` would draw now, from

@@ -46,13 +46,20 @@ def staging_dir(root: str, name: str) -> str:
 def write_array(path: str, tensor, chunk: int = CHUNK_ROWS):
     """Write a [rows, ...] float32 Paddle tensor (read in place, no copy) or array as a `.npy`
     file, `chunk` rows at a time."""
-    array = np.from_dlpack(tensor) if isinstance(tensor, paddle.Tensor) else np.asarray(tensor)
+    array = tensor
+    if not isinstance(tensor, paddle.Tensor):
+        array = np.asarray(tensor)
+    elif tensor.place.is_cpu_place():
+        array = np.from_dlpack(tensor)  # (a GPU tensor is copied chunk by chunk below)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".part", "wb") as f:
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("float32")), "shape": array.shape}
+        shape = tuple(array.shape)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("float32")), "shape": shape}
         np.lib.format.write_array_header_1_0(f, {**header, "fortran_order": False})
-        for start in range(0, array.shape[0], chunk):
-            f.write(np.ascontiguousarray(array[start : start + chunk], "float32").data)
+        for start in range(0, shape[0], chunk):
+            part = array[start : start + chunk]
+            part = part.numpy() if isinstance(part, paddle.Tensor) else part
+            f.write(np.ascontiguousarray(part, "float32").data)
     os.replace(path + ".part", path)
 
 
