@@ -25,6 +25,7 @@ from paddle_rec_zoo.nn.sparse import SparseEmbedding
 from paddle_rec_zoo.schema import FieldLayout
 
 POOLINGS = ("sum", "mean")
+TABLE_SHARDINGS = ("none", "row")
 
 
 @dataclass
@@ -51,6 +52,9 @@ class FeatureHyperParameters:
 
     sparse_feature_number: int = 737946  # embedding rows; every feasign must be below it
     hash_ids: bool = False  # fold feasigns >= sparse_feature_number into the table, no error
+    # none: every Fleet rank holds the whole table; row: each holds 1/ranks of its rows and
+    # their optimizer slots (doc/distributed.md)
+    table_sharding: str = "none"
     sparse_feature_dim: int = 12
     fields: list[str] = field(default_factory=list)  # config: the reader's FIELDS if not set
     max_len: int = 3  # feasigns kept per field and line (the first ones)
@@ -74,6 +78,15 @@ class FeatureHyperParameters:
         for key in ("embedding_init_std", "l2_regularization", "embedding_regularization"):
             if getattr(self, key) < 0:
                 raise UserError(f"{where}.{key} must be non-negative")
+        if self.table_sharding not in TABLE_SHARDINGS:
+            raise UserError(
+                f"{where}.table_sharding: choose none or row, not {self.table_sharding!r}"
+            )
+        if self.table_sharding == "row" and not self.embedding_optimizer.row_wise:
+            raise UserError(
+                f"{where}.table_sharding: row needs a row-wise embedding_optimizer (the tables "
+                "of class dense are parameters of the dense optimizer)"
+            )
         if self.pooling not in POOLINGS:
             raise UserError(f"{where}.pooling: choose sum or mean, not {self.pooling!r}")
         for name, opt in self.field_options.items():

@@ -20,12 +20,21 @@ inside the step cost as much as a tower's forward pass (doc/benchmarks.md, "Step
 Under Fleet every rank looks up the union of all ranks' ids, so the rows, their averaged
 gradient and the update are the same on every rank, as for one process with the summed batch.
 
+With `hyper_parameters.table_sharding: row` under Fleet, each rank holds only the rows i with
+i % ranks == rank (at index i // ranks of its shard, `RowShards`) and their slots. A step then
+gathers this rank's rows among the union, every rank's rows are summed into [U, D] by one
+all-reduce (each row comes from exactly one rank, so the sum is exact), the network runs as
+above, the averaged row gradient is all-reduced as without sharding, and each rank updates only
+its own rows. The traffic per table and step is one more [U, D] all-reduce; nothing is
+[rows, D]-sized. (gloo has no all-to-all: doc/distributed.md.)
+
 `RowOptimizer` holds the per-row optimizer state ("slots") beside each table, named
 `<table var>_<kind>`, so checkpoints and resume carry it like any other optimizer state.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,6 +51,41 @@ ROW_OPTIMIZERS = {
     "sgd": (),
 }
 ROW_IDS = "row_ids"  # the static train program's feed of a batch's unique ids
+# sharded tables: the static programs' feeds of this rank's rows among them (ShardedRowBatch)
+ROW_OWNED = ("row_owned_positions", "row_owned_shard_rows")
+
+
+class RowShards(NamedTuple):
+    """Tables whose rows are spread over `size` ranks (`table_sharding: row`): row i lives on
+    rank i % size, at index i // size of that rank's shard. By remainder rather than in ranges,
+    so that every rank holds as many of the frequent (low) ids of a vocabulary sorted by
+    frequency, and a table that grows (warm start) keeps every old row on its rank."""
+
+    rank: int
+    size: int
+
+    def rows(self, num_rows: int, rank: int | None = None) -> int:
+        """The rows of `rank`'s (default: this rank's) shard of a table of `num_rows` rows."""
+        rank = self.rank if rank is None else rank
+        return (num_rows - rank + self.size - 1) // self.size
+
+    def owned(self, uniq: np.ndarray) -> np.ndarray:
+        """Positions in `uniq` of the ids whose rows this rank holds."""
+        return np.flatnonzero(uniq % self.size == self.rank)
+
+
+_building_shards: RowShards | None = None  # set by `sharding` while a network is built
+
+
+@contextlib.contextmanager
+def sharding(shards: RowShards | None):
+    """Row-wise tables built inside hold only the rows `shards` gives this rank."""
+    global _building_shards
+    before, _building_shards = _building_shards, shards
+    try:
+        yield
+    finally:
+        _building_shards = before
 
 
 class RowBatch(NamedTuple):
@@ -51,34 +95,70 @@ class RowBatch(NamedTuple):
     local: np.ndarray  # [B, W] int64, 0 exactly where ids are padding
 
 
-def row_batch(ids: np.ndarray, world=None) -> RowBatch:
+class ShardedRowBatch(NamedTuple):
+    """A `RowBatch` for row-sharded tables (`RowShards`): also this rank's rows among `uniq`."""
+
+    uniq: np.ndarray  # [U] int64, ascending
+    local: np.ndarray  # [B, W] int64
+    owned: tuple[np.ndarray, np.ndarray]  # ([K] positions in uniq, [K] rows of this rank's shard)
+
+
+def row_batch(
+    ids: np.ndarray, world=None, shards: RowShards | None = None, equal=True
+) -> RowBatch | ShardedRowBatch:
     """The unique ids of `ids` [B, W] (of every rank's `ids` under an active Fleet `world`:
-    a collective, so call it on the training thread there) and each id's position among them.
+    a collective, so call it on the training thread there) and each id's position among them;
+    with `shards`, also which of them this rank's shards hold. `equal=False`: the ranks'
+    batches may differ in size (evaluation), at the cost of a second, small collective.
 
     Padding id 0 is always `uniq[0]`, so local id 0 means padding too: the embedding op's
     `padding_idx=0` then looks it up as zeros and gives its row no gradient."""
     flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if world is not None and world.active:
+        size = flat.size
+        if not equal:
+            size = int(world.all_reduce_sum(_one_hot(flat.size, world)).max())
         # one buffer: this rank's ids in its own block, zeros elsewhere, summed over ranks
-        # (every rank's batch has the same size: the data layer makes the shares equal)
-        blocks = np.zeros((world.size, flat.size), np.int64)
-        blocks[world.rank] = flat
+        # (in training every rank's batch has the same size: the data layer makes the
+        # shares equal)
+        blocks = np.zeros((world.size, size), np.int64)
+        blocks[world.rank, : flat.size] = flat
         uniq, inverse = np.unique(world.all_reduce_sum(blocks), return_inverse=True)
-        inverse = inverse.reshape(world.size, -1)[world.rank]
+        inverse = inverse.reshape(world.size, -1)[world.rank, : flat.size]
     else:
         uniq, inverse = np.unique(flat, return_inverse=True)
     if uniq.size == 0 or uniq[0] != 0:
         uniq, inverse = np.concatenate([np.zeros(1, np.int64), uniq]), inverse + 1
-    return RowBatch(uniq.astype(np.int64, copy=False), inverse.reshape(ids.shape).astype(np.int64))
+    uniq = uniq.astype(np.int64, copy=False)
+    local = inverse.reshape(ids.shape).astype(np.int64)
+    if shards is None:
+        return RowBatch(uniq, local)
+    positions = shards.owned(uniq)
+    return ShardedRowBatch(uniq, local, (positions, uniq[positions] // shards.size))
+
+
+def _one_hot(value: int, world) -> np.ndarray:
+    out = np.zeros(world.size, np.int64)
+    out[world.rank] = value
+    return out
 
 
 @dataclass
 class RowLookup:
     """What one training step looked up: the table, its unique ids and the gathered rows."""
 
-    table: paddle.Tensor  # [rows, D] parameter
+    table: paddle.Tensor  # [rows, D] parameter (this rank's shard of it, with RowShards)
     uniq: paddle.Tensor  # [U] int64
     rows: paddle.Tensor  # [U, D], the leaf the row gradient is taken of
+    owned: tuple | None = None  # sharded: ([K] positions in uniq, [K] rows of `table`) of this rank
+
+    def own(self, grad) -> tuple[RowLookup, paddle.Tensor]:
+        """This lookup and `grad` [U, D] cut to the rows this rank holds: the update's input."""
+        if self.owned is None:
+            return self, grad
+        positions, shard_rows = self.owned
+        mine = RowLookup(self.table, shard_rows, paddle.gather(self.rows, positions))
+        return mine, paddle.gather(grad, positions)
 
 
 class SparseEmbedding(nn.Embedding):
@@ -92,32 +172,108 @@ class SparseEmbedding(nn.Embedding):
     Evaluation and exported models look up global ids with the plain embedding op either way.
     """
 
-    def __init__(self, num_rows: int, dim: int, init_std: float, row_wise: bool):
-        super().__init__(
-            num_rows,
-            dim,
-            padding_idx=0,
-            weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(std=init_std)),
-        )
+    def __init__(
+        self,
+        num_rows: int,
+        dim: int,
+        init_std: float,
+        row_wise: bool,
+        shards: RowShards | None = None,
+    ):
+        """`shards` (row-wise tables only): hold only this rank's rows (`RowShards`); a
+        training or evaluation forward then needs `set_row_ids` with the rows' owners, every
+        rank in step (the lookup is a collective)."""
+        self.num_rows = num_rows
+        shards = shards or _building_shards
+        self.shards = shards if row_wise and shards is not None and shards.size > 1 else None
+        init = nn.initializer.Normal(std=init_std)
+        if self.shards is not None:  # its rows of the whole table's draw: first_rows
+            init = nn.initializer.Constant(0.0)
+        rows = num_rows if self.shards is None else self.shards.rows(num_rows)
+        super().__init__(rows, dim, padding_idx=0, weight_attr=paddle.ParamAttr(initializer=init))
         self.row_wise = row_wise
         self.weight.stop_gradient = row_wise
         self.row_ids = None  # [U] int64: this step's unique ids (set_row_ids)
+        self.owned = None  # sharded: this step's ([K] positions in row_ids, [K] shard rows)
         self.lookup: RowLookup | None = None
+        self.init_std = init_std
+        # nn.Embedding zeroes the padding row in dygraph only (a static startup leaves it drawn)
+        self.padding_zeroed = paddle.in_dynamic_mode()
+        if self.shards is not None and paddle.in_dynamic_mode():  # static: once its startup ran
+            # every rank's own shard: DataParallel must not broadcast rank 0's over it
+            self.weight.no_sync = True
+            if self.weight.place.is_cpu_place():
+                self.first_rows(out=np.from_dlpack(self.weight))  # in place: no second copy
+            else:
+                self.weight.set_value(self.first_rows())
+
+    def first_rows(self, out: np.ndarray | None = None, chunk: int = 1 << 20) -> np.ndarray:
+        """This rank's rows [shard rows, D] of the table `nn.Embedding` would draw now, from
+        the global generator, which it advances as that draw would (into `out` if given). The
+        whole table is drawn in chunks of rows, which gives the same numbers as one draw (so
+        the dense layers drawn after it are the same too), and each chunk's rows of this rank
+        are kept: memory of a chunk, time of the whole table (0.65 s per million rows of 12
+        here)."""
+        size, rank = self.shards.size, self.shards.rank
+        chunk -= chunk % (2 * size)  # an even count of normals per draw: pairs stay aligned
+        init = nn.initializer.Normal(std=self.init_std)
+        if out is None:
+            out = np.empty((self.shards.rows(self.num_rows), self._embedding_dim), np.float32)
+        static = not paddle.in_dynamic_mode()
+        if static:
+            paddle.disable_static()
+        try:
+            for start in range(0, self.num_rows, chunk):
+                block = paddle.empty([min(chunk, self.num_rows - start), self._embedding_dim])
+                init(block)
+                first = (rank - start) % size  # the block's first row of this rank
+                mine = block.numpy()[first::size]
+                at = (start + first) // size
+                out[at : at + len(mine)] = mine
+        finally:
+            if static:
+                paddle.enable_static()
+        if rank == 0 and self.padding_zeroed:
+            out[0] = 0.0  # the padding row, as nn.Embedding sets it
+        return out
 
     def forward(self, ids):
-        if not (self.row_wise and self.training) or self.row_ids is None:
+        if self.shards is None and (not (self.row_wise and self.training) or self.row_ids is None):
             # global ids; outside a training step (no set_row_ids) nothing is recorded, and
             # take_row_lookups says so
             return super().forward(ids)
+        if self.row_ids is None:
+            raise RuntimeError(
+                f"{self.full_name()}: a row-sharded table looks up local ids only, after "
+                "set_row_ids with the batch's unique ids and this rank's rows among them"
+            )
         lookup = self.lookup
         if lookup is None or lookup.uniq is not self.row_ids:  # this step's first call
-            rows = paddle.gather(self.weight, self.row_ids)  # [U, D]
+            if self.shards is not None:
+                rows = self._sharded_rows()
+            else:
+                rows = paddle.gather(self.weight, self.row_ids)  # [U, D]
             rows.stop_gradient = False
-            lookup = self.lookup = RowLookup(self.weight, self.row_ids, rows)
+            lookup = self.lookup = RowLookup(self.weight, self.row_ids, rows, self.owned)
         # a second call in the same step shares the rows: their gradient adds up both calls'.
         # The op itself: F.embedding checks padding_idx against the rows' static shape, which
         # a static program does not know ([-1, D])
         return _C_ops.embedding(ids, lookup.rows, 0, False)
+
+    def _sharded_rows(self):
+        """[U, D]: the rows of `row_ids`, from whichever rank holds each (one all-reduce)."""
+        positions, shard_rows = self.owned
+        mine = paddle.gather(self.weight, shard_rows)  # [K, D]
+        if paddle.in_dynamic_mode():
+            shape = [self.row_ids.shape[0], self._embedding_dim]
+        else:  # U is known when the program runs
+            shape = paddle.concat(
+                [paddle.shape(self.row_ids), paddle.to_tensor([self._embedding_dim])]
+            )
+        rows = paddle.zeros(shape, mine.dtype)
+        rows = paddle.scatter(rows, positions, mine, overwrite=True)
+        paddle.distributed.all_reduce(rows)
+        return rows
 
 
 def _row_wise(layer: nn.Layer) -> dict:
@@ -134,11 +290,25 @@ def row_tables(layer: nn.Layer) -> dict:
     return {name: sub.weight for name, sub in _row_wise(layer).items()}
 
 
-def set_row_ids(layer: nn.Layer, uniq) -> None:
+def set_row_ids(layer: nn.Layer, uniq, owned=None) -> None:
     """Give every row-wise table of `layer` the unique ids (`RowBatch.uniq`, a [U] int64 tensor,
-    or the static program's feed) of the batch whose local ids its training forward gets."""
+    or the static program's feed) of the batch whose local ids its training forward gets;
+    sharded tables also this rank's rows among them: ([K] positions in `uniq`, [K] rows of its
+    shard), `ShardedRowBatch.owned`."""
     for sub in _row_wise(layer).values():
         sub.row_ids = uniq
+        sub.owned = owned if sub.shards is not None else None
+
+
+def sharded_tables(layer: nn.Layer) -> dict:
+    """{structured parameter name: SparseEmbedding} of `layer`'s row-sharded tables."""
+    return {name: sub for name, sub in _row_wise(layer).items() if sub.shards is not None}
+
+
+def forget_row_ids(layer: nn.Layer) -> None:
+    """Drop the ids and rows an evaluation forward of sharded tables looked up."""
+    for sub in _row_wise(layer).values():
+        sub.lookup = sub.row_ids = sub.owned = None
 
 
 def take_row_lookups(layer: nn.Layer) -> list[RowLookup]:
@@ -152,7 +322,7 @@ def take_row_lookups(layer: nn.Layer) -> list[RowLookup]:
                 "forward on local ids, after set_row_ids with the batch's unique ids)"
             )
         found.append(sub.lookup)
-        sub.lookup = sub.row_ids = None
+        sub.lookup = sub.row_ids = sub.owned = None
     return found
 
 
@@ -248,4 +418,4 @@ class RowOptimizer:
                 if world is not None and world.active:
                     paddle.distributed.all_reduce(grad)
                     grad = grad / world.size
-                self.update(lookup, grad, lr)
+                self.update(*lookup.own(grad), lr)

@@ -20,7 +20,7 @@ import paddle
 
 from paddle_rec_zoo.nn.model import Model, ModelSpec
 from paddle_rec_zoo.nn.optim import create_embedding_optimizer, create_optimizer
-from paddle_rec_zoo.nn.sparse import set_row_ids
+from paddle_rec_zoo.nn.sparse import forget_row_ids, set_row_ids
 from paddle_rec_zoo.run.model_loader import check_labels, reader_class
 
 
@@ -62,6 +62,14 @@ class _Adapter:
         return create_embedding_optimizer(self.hp)
 
 
+def _row_tensors(rows) -> tuple:
+    """`set_row_ids`' arguments from a `RowBatch`: its unique ids, and this rank's rows among
+    them for sharded tables."""
+    owned = getattr(rows, "owned", None)  # a ShardedRowBatch
+    owned = None if owned is None else tuple(paddle.to_tensor(a) for a in owned)
+    return paddle.to_tensor(rows.uniq), owned
+
+
 class DygraphModel(_Adapter):
     def __init__(self, config, label_names=None):
         super().__init__(config, label_names)
@@ -92,14 +100,22 @@ class DygraphModel(_Adapter):
         (`batch.rows`, see `paddle_rec_zoo.nn.sparse.row_batch`) trains them on its own rows."""
         feeds = self.create_feeds(batch)
         if batch.rows is not None:
-            set_row_ids(net, paddle.to_tensor(batch.rows.uniq))
+            set_row_ids(net, *_row_tensors(batch.rows))
         outputs = net(*(feeds[i.name] for i in self.spec.inputs))
         loss, _ = self.create_loss(net, outputs, feeds)
         return loss, outputs
 
     def infer_forward(self, net, batch) -> dict:
+        """Outputs of global ids; of local ids if the batch has its rows (`batch.rows`: how
+        sharded tables look up, in evaluation too)."""
         feeds = self.create_feeds(batch, with_labels=False)
-        outputs = net(*(feeds[i.name] for i in self.spec.inputs))
+        if batch.rows is not None:
+            set_row_ids(net, *_row_tensors(batch.rows))
+        try:
+            outputs = net(*(feeds[i.name] for i in self.spec.inputs))
+        finally:
+            if batch.rows is not None:
+                forget_row_ids(net)
         return {name: outputs[name] for name in self.output_names}
 
 
@@ -128,14 +144,15 @@ class StaticModel(_Adapter):
                 feed[name] = column.astype(np.float32).reshape(-1, 1)
         return feed
 
-    def net(self, inputs: dict, is_infer: bool = False, row_ids=None) -> dict:
+    def net(self, inputs: dict, is_infer: bool = False, row_ids=None, owned=None) -> dict:
         """Build the network; returns the values to fetch by name. `row_ids`: the feed of a
-        batch's unique ids, for row-wise tables (whose `ids` feed then holds local ids)."""
+        batch's unique ids, for row-wise tables (whose `ids` feed then holds local ids);
+        `owned`: the feeds of this rank's rows among them, for sharded tables."""
         self.layer = self.network(self.hp)
         if is_infer:
             self.layer.eval()
         if row_ids is not None:
-            set_row_ids(self.layer, row_ids)
+            set_row_ids(self.layer, row_ids, owned)
         outputs = self.layer(*(inputs[i.name] for i in self.spec.inputs))
         fetch = {name: outputs[name] for name in self.output_names}
         if not is_infer:
@@ -148,5 +165,5 @@ class StaticModel(_Adapter):
         and, under Fleet, the gradients' all-reduce) to `loss` in one backward pass."""
         return create_optimizer(self.hp)
 
-    def infer_net(self, inputs: dict) -> dict:
-        return self.net(inputs, is_infer=True)
+    def infer_net(self, inputs: dict, row_ids=None, owned=None) -> dict:
+        return self.net(inputs, is_infer=True, row_ids=row_ids, owned=owned)

@@ -33,6 +33,7 @@ import numpy as np
 import paddle
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run import table_shards
 
 META_FILE = "meta.json"
 STEPS_DIR = "steps"
@@ -126,16 +127,19 @@ def save(root: str, epoch: int, write_files, meta: dict) -> str:
     return _save(epoch_dir(root, epoch), write_files, meta)
 
 
-def save_epoch(root: str, engine, rng_states: list, meta: dict) -> str:
-    """The end of epoch `meta["epoch"]`: the engine's files, every rank's random state, meta."""
-    return save(root, meta["epoch"], _training_files(engine, rng_states), meta)
+def save_epoch(root: str, engine, rng_states: list, meta: dict, shards: str | None = None) -> str:
+    """The end of epoch `meta["epoch"]`: the engine's files, every rank's random state, meta;
+    `shards`: the staging folder of every rank's rows of row-sharded tables (`stage_shards`)."""
+    return save(root, meta["epoch"], _training_files(engine, rng_states, shards), meta)
 
 
-def save_position(root: str, engine, rank_states: list[dict], meta: dict, keep: int) -> str:
+def save_position(
+    root: str, engine, rank_states: list[dict], meta: dict, keep: int, shards: str | None = None
+) -> str:
     """`root/steps/<step>/` of a position inside an epoch, then only the newest `keep` of them.
     `rank_states[rank]`: that rank's {"rng", "window", "metrics"} (its loss window and training
-    metrics' histograms so far)."""
-    write_engine = _training_files(engine, [s["rng"] for s in rank_states])
+    metrics' histograms so far); `shards` as for `save_epoch`."""
+    write_engine = _training_files(engine, [s["rng"] for s in rank_states], shards)
 
     def write(tmp: str):
         write_engine(tmp)
@@ -152,10 +156,25 @@ def save_position(root: str, engine, rank_states: list[dict], meta: dict, keep: 
     return folder
 
 
-def _training_files(engine, rng_states: list):
-    """Writes the engine's files and every rank's random-generator state (dropout masks)."""
+def stage_shards(engine, world, root: str, name: str) -> str | None:
+    """Every rank (all of them call this) writes its rows of row-sharded tables into a staging
+    folder, returned once every rank's files are complete; rank 0 then moves them into the
+    checkpoint it writes. None without sharded tables."""
+    if not getattr(engine, "sharded", None):
+        return None
+    staging = table_shards.staging_dir(root, name)
+    engine.write_shards(staging)
+    world.all_reduce_sum(np.zeros(1))  # every rank's files are complete
+    return staging
+
+
+def _training_files(engine, rng_states: list, shards: str | None = None):
+    """Writes the engine's files, every rank's random-generator state (dropout masks) and the
+    staged rows of sharded tables."""
 
     def write(folder: str):
+        if shards is not None:
+            table_shards.move_into(shards, folder, engine.shard_shapes(), engine.world.size)
         engine.save(folder)
         paddle.save(rng_states, os.path.join(folder, RNG_FILE))
 
@@ -284,7 +303,11 @@ def copy(src: str, dst: str):
     tmp = tempfile.mkdtemp(prefix=".tmp-copy-", dir=parent)
     try:
         for name in os.listdir(src):
-            shutil.copy2(os.path.join(src, name), os.path.join(tmp, name))
+            path = os.path.join(src, name)
+            if os.path.isdir(path):  # shards/: every rank's rows of sharded tables
+                shutil.copytree(path, os.path.join(tmp, name))
+            else:
+                shutil.copy2(path, os.path.join(tmp, name))
         _move_into_place(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,10 +30,17 @@ def predict_dataset(
     collected = Collector()
     n_batches = dataset.num_batches(batch_size, world.rank, world.size)
     batches = dataset.batches(batch_size, rank=world.rank, world=world.size)
+    batch = None
     for batch in progress(batches, n_batches, desc):
         outputs = engine.predict(batch)
         labels = spec.label_columns(batch, reader.label_names)
         collected.add(sample_id=batch.sample_id, **outputs, **labels)
+    if getattr(engine, "lockstep", False) and world.active:
+        # predict is a collective (sharded tables): every rank calls it as often as the rank
+        # with the most batches (the shares differ by at most a row)
+        most = max(dataset.num_batches(batch_size, r, world.size) for r in range(world.size))
+        for _ in range(most - n_batches):
+            engine.idle(batch if batch is not None else next(iter(dataset.batches(1))))
     arrays = world.gather_arrays(collected.arrays())
     result = evaluate_metrics(spec.metrics, spec.counts, arrays)
     result["samples_per_s"] = len(dataset) / max(time.time() - start, 1e-9)

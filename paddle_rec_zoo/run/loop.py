@@ -161,12 +161,13 @@ class _Epochs:
         state = {"metrics": self.metrics.state_dict(), "window": self.window}
         states = self.world.all_gather_object({**state, "rng": paddle.get_rng_state()})
         folder = checkpoint.step_dir(self.root, step)
+        shards = checkpoint.stage_shards(self.engine, self.world, self.root, f"step-{step}")
         if self.world.is_main:
             last = self.run.records[-1] if self.run.records else None
             where = {"batch": batch, "batches": n_batches, "epoch_samples": self.epoch_samples}
             meta = self._describe(epoch, last, **where)
             keep = self.config.runner.keep_step_checkpoints
-            checkpoint.save_position(self.root, self.engine, states, meta, keep)
+            checkpoint.save_position(self.root, self.engine, states, meta, keep, shards)
         self.world.all_reduce_sum(np.zeros(1))  # no rank goes on, or exits, before it is complete
         return folder
 
@@ -182,9 +183,10 @@ class _Epochs:
         if test is not None:
             meta["test"] = test
         rng = self.world.all_gather_object(paddle.get_rng_state())
+        shards = checkpoint.stage_shards(self.engine, self.world, self.root, f"epoch-{epoch}")
         if not self.world.is_main:
             return
-        folder = checkpoint.save_epoch(self.root, self.engine, rng, meta)
+        folder = checkpoint.save_epoch(self.root, self.engine, rng, meta, shards)
         checkpoint.remove_steps(self.root, through=self.run.step)
         log(
             f"epoch {epoch} done in {seconds:.1f}s ({self.epoch_samples / seconds:,.0f} "

@@ -26,7 +26,7 @@ from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.report.progress import log
 from paddle_rec_zoo.run import checkpoint
 from paddle_rec_zoo.run.checkpoint import OPT_FILE, PARAMS_FILE
-from paddle_rec_zoo.run.engines import ROW_LR_STATE, load_params_file
+from paddle_rec_zoo.run.engines import ROW_LR_STATE, load_optimizer_file, load_params_file
 
 KEY = "runner.model_init_path"
 
@@ -127,16 +127,26 @@ def load(config, engine):
     _check_compatible(config, engine, meta, folder)
     source = f"{KEY} {folder}"
     current = engine.get_params()
-    saved = engine.upgrade_state(load_params_file(folder))
+    # an engine with row-sharded tables holds, and is given, its own rows of them (row i on
+    # rank i % ranks at i // ranks): the rows of a grown table keep their rank, and the first
+    # rows of each rank's shard are the old table's
+    own = getattr(engine, "checkpoint_params", None)
+    saved = engine.upgrade_state(own(folder) if own is not None else load_params_file(folder))
     old_rows = _rows(meta)
     new_rows = getattr(config.hyper_parameters, "sparse_feature_number", None)
     grown = old_rows is not None and new_rows is not None and new_rows != old_rows
-    params = grow_tables(current, saved, old_rows, new_rows, source) if grown else saved
+    if grown and new_rows < old_rows:
+        grow_tables(current, saved, old_rows, new_rows, source)  # says why not
+    shards = getattr(engine, "shards", None)
+    old_n, new_n = (
+        (shards.rows(old_rows), shards.rows(new_rows)) if shards and grown else (old_rows, new_rows)
+    )
+    params = grow_tables(current, saved, old_n, new_n, source) if grown else saved
     engine.set_params(params, source)
     what = "weights"
     if config.runner.model_init_optimizer:
         scratch = config.runner.model_save_path
-        _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, scratch)
+        _load_optimizer(engine, folder, params, saved, old_n, new_n, grown, scratch)
         what = "weights and optimizer state"
     extra = f"; embedding rows {old_rows} -> {new_rows}, new rows fresh" if grown else ""
     log(f"{KEY}: starting from the {what} of {folder} (epoch {meta.get('epoch')}){extra}")
@@ -149,7 +159,8 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, sc
     path = os.path.join(folder, OPT_FILE)
     if not os.path.exists(path):
         raise UserError(f"runner.model_init_optimizer: {folder} has no {OPT_FILE}")
-    state = engine.upgrade_state(paddle.load(path))
+    own = getattr(engine, "checkpoint_optimizer_state", None)
+    state = engine.upgrade_state(own(folder) if own is not None else load_optimizer_file(folder))
     if grown:
         tables = {k: v for k, v in saved.items() if params[k].shape != v.shape}
         state = _grow_optimizer(state, old_rows, new_rows, tables)
@@ -158,6 +169,13 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, sc
     for key in (*schedules, *(k for k in fresh if k.startswith("learning_rate_"))):
         if key in fresh:
             state[key] = fresh[key]
+    if getattr(engine, "sharded", None):
+        # this rank's rows, given directly: a file of them would read as a whole table
+        try:
+            engine.set_optimizer_state(state, folder)
+        except UserError as e:
+            raise _not_fitting(folder, e) from None
+        return
     # beside the run's checkpoints (the files are as large as one), not in a small /tmp; a
     # killed run's leftover is removed with the other `.tmp-` folders on the next start
     os.makedirs(scratch, exist_ok=True)
@@ -168,10 +186,14 @@ def _load_optimizer(engine, folder, params, saved, old_rows, new_rows, grown, sc
         try:
             engine.load_training_state(tmp)
         except UserError as e:
-            raise UserError(
-                f"runner.model_init_optimizer: the optimizer state of {folder} does not fit this "
-                f"run ({str(e).split('; ')[0].split(': ', 1)[-1]}); drop model_init_optimizer "
-                "to start from the weights alone"
-            ) from None
+            raise _not_fitting(folder, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _not_fitting(folder: str, e: UserError) -> UserError:
+    return UserError(
+        f"runner.model_init_optimizer: the optimizer state of {folder} does not fit this "
+        f"run ({str(e).split('; ')[0].split(': ', 1)[-1]}); drop model_init_optimizer "
+        "to start from the weights alone"
+    )
