@@ -15,16 +15,21 @@ import numpy as np
 
 from paddle_rec_zoo.errors import UserError
 
-# A field name is 1 to 8 bytes of UTF-8 without ':' or ',': the slot format separates fields
-# with ',' and a field from its feasign with ':', and the slot parser packs a name into one
-# uint64. The raw converter checks the same rule before writing (`field_name_problem`).
+# A field name is 1 to 8 bytes of UTF-8 without ':', ',' or control characters: the slot format
+# separates fields with ',' and a field from its feasign with ':' and ends a line with '\n', the
+# raw Ali-CCP format separates with \x01-\x03, and the slot parser packs a name into one uint64.
+# Every reader and the raw converter check names with `field_name_problem`, so the converter
+# cannot write a data set the reader refuses.
 MAX_FIELD_BYTES = 8
 
 
 def field_name_problem(name: str) -> str | None:
     """Why `name` cannot be a field name, or None if it can."""
-    if not 0 < len(name.encode()) <= MAX_FIELD_BYTES or ":" in name or "," in name:
-        return f"field name {name!r}: 1 to {MAX_FIELD_BYTES} bytes, no ':' or ','"
+    fits = 0 < len(name.encode()) <= MAX_FIELD_BYTES
+    if not fits or any(c in ":," or ord(c) < 32 or c == "\x7f" for c in name):
+        return (
+            f"field name {name!r}: 1 to {MAX_FIELD_BYTES} bytes, no ':', ',' or control characters"
+        )
     return None
 
 

@@ -73,6 +73,7 @@ from paddle_rec_zoo.data.ali_ccp.raw_parse import (
 )
 from paddle_rec_zoo.data.ali_ccp.raw_pool import Progress, TaskError, io_message, run_tasks
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.schema import field_name_problem
 
 FEASIGN_ORDER = vocabulary.FEASIGN_ORDER  # the default --fields, in feasign order
 SPLITS = ("train", "test")
@@ -312,7 +313,7 @@ class _Encoder:
         if ctx.fmt == "slot":
             self.file, self.blobs = raw_write.ArrayFile(out), raw_write.Blobs(ctx.blobs[split])
         else:
-            self.file, self.blobs = raw_write.BinaryPart(out), None
+            self.file, self.blobs = raw_write.PartWriter(out), None
 
     def write(self, src, hstart, hlen, cid, keys, frow):
         fs = self.ctx.vocab.lookup(keys)
@@ -350,6 +351,17 @@ def _check_output(out_dir: Path, force: bool):
             raise UserError(f"{p} already exists and is not empty; use --force to replace it")
 
 
+def _check_fields(fields):
+    """The fields to convert must be names every reader accepts (the binary format also keeps a
+    feasign's field in one byte): checked before anything is written."""
+    if len(set(fields)) != len(fields) or not 0 < len(fields) < 256:
+        raise UserError(f"--fields: 1 to 255 distinct names, got {list(fields)}")
+    for name in fields:
+        problem = field_name_problem(name)
+        if problem:
+            raise UserError(f"--fields: {problem}")
+
+
 def convert(
     raw_dir,
     out_dir,
@@ -378,11 +390,7 @@ def convert(
     t0 = time.time()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     fields = tuple(fields) if fields else FEASIGN_ORDER
-    if len(set(fields)) != len(fields) or not 0 < len(fields) < 256:
-        raise UserError(f"--fields: 1 to 255 distinct names, got {list(fields)}")
-    for f in fields:
-        if not f or any(c in f for c in ",:\x01\x02\x03\n"):
-            raise UserError(f"--fields: bad field name {f!r}")
+    _check_fields(fields)
     if fmt not in FORMATS:
         raise UserError(f"--format: one of {', '.join(FORMATS)}, got {fmt!r}")
     if min_count < 1:
