@@ -183,7 +183,7 @@ class Dataset:
 
 
 def _to_batch(part, index) -> Batch:
-    if isinstance(part, binary_data.BinaryPart):
+    if isinstance(part, binary_data.BinarySplit):
         ids, labels, sample_id = part.gather(index)
         return Batch(ids, labels.astype(np.float32), sample_id)
     return Batch(
@@ -211,7 +211,7 @@ def _rows(column: np.ndarray, index) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reading
-def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinaryPart, dict]:
+def _open_binary(path: str, reader, cache_dir: str | None) -> tuple[binary_data.BinarySplit, dict]:
     """A binary data set; `cache_dir` keeps its users' common ids laid out for the reader."""
     open_binary = getattr(reader, "open_binary", None)
     if open_binary is None:

@@ -10,7 +10,7 @@ Ali-CCP (a purchase without a click) and are dropped and counted.
 
 from __future__ import annotations
 
-from paddle_rec_zoo.data.binary_data import BinaryPart
+from paddle_rec_zoo.data.binary_data import BinarySplit
 from paddle_rec_zoo.data.slot_parser import BadLines, SlotParser
 
 # The 23 Ali-CCP fields in PaddleRec's order (user id, user histories, user profile, item,
@@ -54,10 +54,10 @@ class Reader:
             "hash_ids": self.hash_ids,
         }
 
-    def open_binary(self, path: str) -> BinaryPart:
+    def open_binary(self, path: str) -> BinarySplit:
         """The binary data set in folder `path` (the converter's default output), for this
         reader's fields: its rows hold the ids the slot text of the same data would give."""
-        return BinaryPart(
+        return BinarySplit(
             path,
             self.layout,
             self.label_names,

@@ -16,7 +16,7 @@ Generative process
 Everything is drawn from numpy generators seeded by ``(seed, stream)``, one stream per stage, so the
 same seed gives the same bytes, and the slot and raw formats describe the same impressions.
 
-World (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are independent.
+Universe (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are independent.
 
 * Item hierarchy. Category ``g`` has a taste vector ``c_g ~ N(0, I_k)`` and a size drawn from a
   Zipf law. Every shop, brand and intention node belongs to one category (many-to-one). An item
@@ -173,7 +173,7 @@ PARAMS: dict[str, tuple[object, str]] = {
 
 PRESETS: dict[str, dict[str, object]] = {
     "default": {},
-    # Tiny world with strong effects and high rates: learnable from a few thousand lines.
+    # Tiny universe with strong effects and high rates: learnable from a few thousand lines.
     "sample": {
         "n_users": 100,
         "n_items": 150,
@@ -260,7 +260,7 @@ def resolve_params(n_train: int, preset: str = "default", **params) -> dict:
     return p
 
 
-# ----------------------------------------------------------------------------- world
+# ----------------------------------------------------------------------------- universe
 
 
 def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -294,7 +294,7 @@ def _pick_in_group(groups, order, starts, rng):
     return order[lo + (rng.random(len(groups)) * (hi - lo)).astype(np.int64)]
 
 
-class World:
+class Universe:
     """Users, items, their latents and histories: everything shared by train and test."""
 
     def __init__(self, p: dict, seed: int):
@@ -505,20 +505,26 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _features(world: World, users, items, rng) -> dict:
+def _features(universe: Universe, users, items, rng) -> dict:
     """Per-impression context and crosses plus the intercept-free logits."""
-    p = world.p
+    p = universe.p
     n = len(users)
     n_pos = p["n_positions"]
     pos_p = 1.0 / np.arange(1, n_pos + 1)
     position = rng.choice(n_pos, size=n, p=pos_p / pos_p.sum())  # 0-based
     buckets = np.uint64(p["cross_buckets"])
-    cat, shop, brand = world.item_cat[items], world.item_shop[items], world.item_brand[items]
-    nodes = world.item_nodes[items]
-    demo = world.profile["124"][users] * PROFILE_CARDINALITY["125"] + world.profile["125"][users]
-    has_cat = world.in_history("109_14", users, cat)
-    has_shop = world.in_history("110_14", users, shop)
-    has_brand = world.in_history("127_14", users, brand)
+    cat, shop, brand = (
+        universe.item_cat[items],
+        universe.item_shop[items],
+        universe.item_brand[items],
+    )
+    nodes = universe.item_nodes[items]
+    demo = (
+        universe.profile["124"][users] * PROFILE_CARDINALITY["125"] + universe.profile["125"][users]
+    )
+    has_cat = universe.in_history("109_14", users, cat)
+    has_shop = universe.in_history("110_14", users, shop)
+    has_brand = universe.in_history("127_14", users, brand)
     cross = {
         "508": np.where(has_cat, (_mix(demo, cat, 508) % buckets).astype(np.int64), -1),
         "509": np.where(has_shop, (_mix(users, shop, 509) % buckets).astype(np.int64), -1),
@@ -526,7 +532,7 @@ def _features(world: World, users, items, rng) -> dict:
     }
     cols = []
     for j in range(nodes.shape[1]):
-        has = world.in_history("150_14", users, nodes[:, j])
+        has = universe.in_history("150_14", users, nodes[:, j])
         cols.append(np.where(has, (_mix(users, nodes[:, j], 853) % buckets).astype(np.int64), -1))
     for j in range(1, len(cols)):  # two nodes hashed into one bucket: one token
         dup = (cols[j][:, None] == np.stack(cols[:j], 1)).any(1)
@@ -534,16 +540,19 @@ def _features(world: World, users, items, rng) -> dict:
     cross["853"] = np.stack(cols, 1)
     fam = p["familiarity_scale"] * has_shop
     k = p["latent_dim"]
-    buy_taste = np.einsum("ij,ij->i", world.user_u[users], world.item_b[items]) / math.sqrt(k)
+    buy_taste = np.einsum("ij,ij->i", universe.user_u[users], universe.item_b[items]) / math.sqrt(k)
     click_logit = (
-        p["taste_scale"] * world.taste(users, items)
-        + world.item_click_bias[items]
-        + world.user_act[users]
+        p["taste_scale"] * universe.taste(users, items)
+        + universe.item_click_bias[items]
+        + universe.user_act[users]
         - p["position_scale"] * np.log1p(position)
         + fam
     )
     buy_logit = (
-        p["buy_taste_scale"] * buy_taste + world.item_quality[items] + world.user_buy[users] + fam
+        p["buy_taste_scale"] * buy_taste
+        + universe.item_quality[items]
+        + universe.user_buy[users]
+        + fam
     )
     return {
         "position": position,
@@ -564,24 +573,24 @@ def _bisect(fn, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _calibrate(world: World, seed: int) -> tuple[float, float]:
+def _calibrate(universe: Universe, seed: int) -> tuple[float, float]:
     """Intercepts giving E[pctr] = ctr and E[pctr pcvr] / E[pctr] = cvr on a pilot sample."""
     rng = _rng(seed, "pilot")
-    n = world.p["pilot_rows"]
-    users = rng.choice(world.p["n_users"], size=n, p=world.user_freq)
-    items = world.sample_items(users, rng)
-    f = _features(world, users, items, rng)
-    a_ctr = _bisect(lambda a: _sigmoid(a + f["click_logit"]).mean(), world.p["ctr"])
+    n = universe.p["pilot_rows"]
+    users = rng.choice(universe.p["n_users"], size=n, p=universe.user_freq)
+    items = universe.sample_items(users, rng)
+    f = _features(universe, users, items, rng)
+    a_ctr = _bisect(lambda a: _sigmoid(a + f["click_logit"]).mean(), universe.p["ctr"])
     pctr = _sigmoid(a_ctr + f["click_logit"])
     a_cvr = _bisect(
-        lambda a: (pctr * _sigmoid(a + f["buy_logit"])).sum() / pctr.sum(), world.p["cvr"]
+        lambda a: (pctr * _sigmoid(a + f["buy_logit"])).sum() / pctr.sum(), universe.p["cvr"]
     )
     return a_ctr, a_cvr
 
 
-def _timeline(world: World, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def _timeline(universe: Universe, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Session id and user of each impression, in time order."""
-    mean = world.p["session_mean"]
+    mean = universe.p["session_mean"]
     lengths = []
     total = 0
     while total < n_rows:
@@ -591,7 +600,7 @@ def _timeline(world: World, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.concatenate(lengths)
     n_sessions = int(np.searchsorted(np.cumsum(lengths), n_rows)) + 1
     lengths = lengths[:n_sessions]
-    session_user = rng.choice(world.p["n_users"], size=n_sessions, p=world.user_freq)
+    session_user = rng.choice(universe.p["n_users"], size=n_sessions, p=universe.user_freq)
     session = np.repeat(np.arange(n_sessions), lengths)[:n_rows]
     return session, session_user[session]
 
@@ -625,9 +634,9 @@ def _raw_id(field: str, idx):
 class Writer:
     """Formats users, items and impressions in the slot or raw layout."""
 
-    def __init__(self, world: World, fmt: str, seed: int, day: int = 0):
-        self.world, self.fmt, self.seed, self.day = world, fmt, seed, day
-        self.ranges = field_ranges(world.p)
+    def __init__(self, universe: Universe, fmt: str, seed: int, day: int = 0):
+        self.universe, self.fmt, self.seed, self.day = universe, fmt, seed, day
+        self.ranges = field_ranges(universe.p)
         if fmt == "slot":
             self.user_str = self._slot_users()
             self.item_str = self._slot_items()
@@ -639,7 +648,7 @@ class Writer:
         return (np.asarray(idx) + self.ranges[field][0]).tolist()
 
     def _slot_users(self) -> list[str]:
-        w = self.world
+        w = self.universe
         n = w.p["n_users"]
         cols = [[f"121:{x}" for x in self._ids("121", w.profile["121"])],
                 [f"122:{x}" for x in self._ids("122", w.profile["122"])],
@@ -656,7 +665,7 @@ class Writer:
         return [",".join(parts) for parts in zip(head, *hist, strict=True)]
 
     def _slot_items(self) -> list[str]:
-        w = self.world
+        w = self.universe
         n = w.p["n_items"]
         order_rng = np.random.default_rng([self.seed, 99])
         nodes = w.item_nodes
@@ -677,7 +686,7 @@ class Writer:
         return out
 
     def _raw_users(self) -> tuple[list[str], list[int]]:
-        w = self.world
+        w = self.universe
         n = w.p["n_users"]
         cols = [[f"101\x02{x}\x031.0" for x in _raw_id("101", np.arange(n)).tolist()]]
         for f in PROFILE_FIELDS:
@@ -698,7 +707,7 @@ class Writer:
         ], num.tolist()
 
     def _raw_items(self) -> tuple[list[str], list[int]]:
-        w = self.world
+        w = self.universe
         n = w.p["n_items"]
         cols = [
             [f"205\x02{x}\x031.0" for x in _raw_id("205", np.arange(n)).tolist()],
@@ -829,15 +838,15 @@ def generate(
     n_test = int(round(n_train * test_ratio))
     log = print if verbose else (lambda *a, **k: None)
 
-    world = World(p, seed)
-    a_ctr, a_cvr = _calibrate(world, seed)
+    universe = Universe(p, seed)
+    a_ctr, a_cvr = _calibrate(universe, seed)
     log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={a_ctr:.3f} alpha_cvr={a_cvr:.3f}")
 
     n_total = n_train + n_test
     rng = _rng(seed, "timeline", day)
-    session, users = _timeline(world, n_total, rng)
-    items = world.sample_items(users, rng)
-    feats = _features(world, users, items, rng)
+    session, users = _timeline(universe, n_total, rng)
+    items = universe.sample_items(users, rng)
+    feats = _features(universe, users, items, rng)
     pctr = np.round(_sigmoid(a_ctr + feats["click_logit"]), 8)
     pcvr = np.round(_sigmoid(a_cvr + feats["buy_logit"]), 8)
     del feats["click_logit"], feats["buy_logit"]
@@ -848,7 +857,7 @@ def generate(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(world, fmt, seed, day)
+    writer = Writer(universe, fmt, seed, day)
     ranges = writer.ranges
     meta = {
         "generator": "datasets/ali-ccp/synthetic.py",
