@@ -70,35 +70,37 @@ class FieldLayout:
 
 @dataclass
 class Columns:
-    """Parsed rows: `sample_id` [N] int64, `labels` [N, k] int8, `ids` [N, width] int64."""
+    """Parsed rows: `ids` [N, width] int64, `labels` [N, k] int8, `sample_id` [N] int64 (the
+    order of `Batch`)."""
 
-    sample_id: np.ndarray
-    labels: np.ndarray
     ids: np.ndarray
+    labels: np.ndarray
+    sample_id: np.ndarray
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
     def take(self, mask_or_index) -> Columns:
         return Columns(
-            self.sample_id[mask_or_index], self.labels[mask_or_index], self.ids[mask_or_index]
+            self.ids[mask_or_index], self.labels[mask_or_index], self.sample_id[mask_or_index]
         )
 
     @staticmethod
     def concat(parts: list[Columns], n_labels: int, width: int) -> Columns:
         if not parts:
             return Columns(
-                np.zeros(0, np.int64), np.zeros((0, n_labels), np.int8), np.zeros((0, width))
+                np.zeros((0, width)), np.zeros((0, n_labels), np.int8), np.zeros(0, np.int64)
             )
         return Columns(
-            np.concatenate([p.sample_id for p in parts]),
-            np.concatenate([p.labels for p in parts]),
             np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.sample_id for p in parts]),
         )
 
 
 class Batch(NamedTuple):
-    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64;
+    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64
+    (the order of `Columns`);
     `rows`: for training row-wise tables, the ids as rows of the batch's own
     (`paddle_rec_zoo.nn.sparse.RowBatch`), prepared with the batch when the engine asks."""
 

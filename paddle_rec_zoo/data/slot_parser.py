@@ -247,7 +247,7 @@ class SlotParser:
         ids[line[sel], self._offsets[field[sel]] + rank_sel] = value[sel]
 
         keep = ~(bad_line | empty_line)
-        return Columns(sample_id[keep], labels[keep], ids[keep])
+        return Columns(ids[keep], labels[keep], sample_id[keep])
 
     # ------------------------------------------------------------------ messages
     def explain_line(self, line: bytes) -> str:
