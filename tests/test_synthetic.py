@@ -86,7 +86,6 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
         assert a["splits"]["train"]["ctr"] != c["splits"]["train"]["ctr"]
 
 
-
 def tree_sha256(root) -> str:
     digest = hashlib.sha256()
     for name, data in tree_bytes(root).items():
@@ -106,6 +105,7 @@ def test_output_bytes_are_the_recorded_ones(tmp_path):
     syn.generate(tmp_path / "slot", 2000, seed=5, files=2, day=1)
     syn.generate(tmp_path / "raw", 2000, seed=5, fmt="raw")
     assert {fmt: tree_sha256(tmp_path / fmt) for fmt in GOLDEN} == GOLDEN
+
 
 def test_slot_lines_parse(slot20k):
     _, meta, data, _ = slot20k

@@ -35,6 +35,7 @@ import threading
 import time
 
 from paddle_rec_zoo.bench import benchmark  # its run_process, machine() and update_doc()
+from paddle_rec_zoo.data.ali_ccp import RAW_FILES
 
 ROOT = benchmark.ROOT
 CONFIG = os.path.join(benchmark.MODEL_DIR, "config_bigdata.yaml")
@@ -181,7 +182,7 @@ class Rehearsal:
         self.raw_bytes = sum(
             os.path.getsize(os.path.join(self.raw, f))
             for f in os.listdir(self.raw)
-            if f.startswith(("sample_skeleton_", "common_features_"))
+            if f in RAW_FILES
         )
         # run.sh runs the converter with $PYTHON: this interpreter, not whichever is on PATH
         convert = ["env", f"PYTHON={py}", "sh", RUN_SH, "--raw", self.raw, "--out", self.data]

@@ -60,7 +60,14 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_rec_zoo.data.ali_ccp import raw_write, vocabulary
+from paddle_rec_zoo.data.ali_ccp import (
+    RAW_COMMON,
+    RAW_FILES,
+    RAW_SKELETON,
+    RAW_SPLITS,
+    raw_write,
+    vocabulary,
+)
 from paddle_rec_zoo.data.ali_ccp.raw_parse import (
     KEY_SHIFT,
     explain_line,
@@ -76,9 +83,6 @@ from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.schema import field_name_problem
 
 FEASIGN_ORDER = vocabulary.FEASIGN_ORDER  # the default --fields, in feasign order
-SPLITS = ("train", "test")
-SKELETON = "sample_skeleton_{}.csv"
-COMMON = "common_features_{}.csv"
 FORMATS = ("binary", "slot")
 EXIT_USER_ERROR = 2
 # Read by each conversion (tests make them small to exercise block and task edges).
@@ -240,7 +244,7 @@ def _skeleton_task(ctx, task, progress):
             if not found.all():
                 o = int(b.line_start[np.flatnonzero(~found)[0]])
                 cfi_text = buf[o : buf.index(b"\n", o)].split(b",")[3].decode("utf-8", "replace")
-                msg = f"common_feature_index {cfi_text!r} is not in {COMMON.format(split)}"
+                msg = f"common_feature_index {cfi_text!r} is not in {RAW_COMMON.format(split)}"
                 ctx.bad(path, off + o, msg, int((~found).sum()), res, key="missing")
             noise = (b.click == 0) & (b.buy == 1)
             res["noise"] += int((noise & found).sum())
@@ -401,13 +405,13 @@ def convert(
     if vocab is not None:
         base = (vocabulary.read_vocab(vocab, fields), str(vocab), bool(freeze_vocab))
     inputs = {}
-    for split in SPLITS:
-        for pat in (SKELETON, COMMON):
+    for split in RAW_SPLITS:
+        for pat in (RAW_SKELETON, RAW_COMMON):
             p = raw_dir / pat.format(split)
             if not p.is_file():
                 raise UserError(
-                    f"raw file not found: {p} (expected sample_skeleton_{{train,test}}.csv and "
-                    "common_features_{train,test}.csv from Tianchi data set 408)"
+                    f"raw file not found: {p} (expected {', '.join(RAW_FILES)} from Tianchi "
+                    "data set 408)"
                 )
             inputs[p.name] = p
     _check_output(out_dir, force)
@@ -481,21 +485,21 @@ class _Conversion:
         ctx, meta, inputs, work = self.ctx, self.meta, self.inputs, self.work
         # 1. Common features of both splits -> key side files + indexes.
         ctasks, split_of = [], []
-        for split in SPLITS:
-            cpath = inputs[COMMON.format(split)]
+        for split in RAW_SPLITS:
+            cpath = inputs[RAW_COMMON.format(split)]
             for i, (a, z) in enumerate(self.ranges(cpath)):
                 ctasks.append((cpath, a, z, work / f"common-{split}-{i:05d}.keys"))
                 split_of.append(split)
-        csize = sum(inputs[COMMON.format(split)].stat().st_size for split in SPLITS)
+        csize = sum(inputs[RAW_COMMON.format(split)].stat().st_size for split in RAW_SPLITS)
         cres = self.pool(_common_task, ctasks, "common features (parse)", csize)
         n_common = {}
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             res = [r for r, sp in zip(cres, split_of, strict=True) if sp == split]
-            path = inputs[COMMON.format(split)]
+            path = inputs[RAW_COMMON.format(split)]
             ctx.common_index[split], n_common[split] = _build_index(res, path, ctx.skip_bad, meta)
 
         # 2. Train skeleton, pass 1: counts.
-        spath = inputs[SKELETON.format("train")]
+        spath = inputs[RAW_SKELETON.format("train")]
         stasks = [
             (spath, a, z, None, "count", work / f"skeleton-train-{i:05d}.npy", "train")
             for i, (a, z) in enumerate(self.ranges(spath))
@@ -516,7 +520,7 @@ class _Conversion:
             if sp == "train":
                 wtasks.append((t[3], row0, r["sizes"]))
                 row0 += len(r["sizes"])
-        key_bytes = {sp: 0 for sp in SPLITS}
+        key_bytes = {sp: 0 for sp in RAW_SPLITS}
         for r, sp in zip(cres, split_of, strict=True):
             key_bytes[sp] += int(r["sizes"].sum()) * 8
         desc = "train common (count)"
@@ -534,7 +538,7 @@ class _Conversion:
             _encode_common_task, rtasks, "common features (encode)", sum(key_bytes.values())
         )
         common_parts = {}
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             mine = [i for i, sp in enumerate(split_of) if sp == split]
             common_parts[split] = [(rtasks[i][2], rres[i]["sizes"]) for i in mine]
             if slot:
@@ -550,8 +554,8 @@ class _Conversion:
 
         # 5. Both skeletons: train from pass 1's side files (each deleted when done), test parsed.
         etasks, sizes = [], {}
-        for split in SPLITS:
-            path = inputs[SKELETON.format(split)]
+        for split in RAW_SPLITS:
+            path = inputs[RAW_SKELETON.format(split)]
             (self.tmp / f"{split}_data").mkdir()
             if split == "train":
                 parts = [(t[0], t[1], t[2], t[5]) for t in stasks]
@@ -565,9 +569,9 @@ class _Conversion:
                 etasks.append((pth, a, z, out, "encode", cache, split))
             sizes[split] = path.stat().st_size
         eres = self.pool(_skeleton_task, etasks, "skeletons (encode)", sum(sizes.values()))
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             mine = [(t, r) for t, r in zip(etasks, eres, strict=True) if t[6] == split]
-            _split_meta(split, inputs[SKELETON.format(split)], mine, meta)
+            _split_meta(split, inputs[RAW_SKELETON.format(split)], mine, meta)
             if not slot:
                 folder = self.tmp / f"{split}_data"
                 try:
@@ -606,7 +610,7 @@ class _Conversion:
             raise UserError(f"{len(ctx.vocab)} feasigns do not fit the binary format's int32 ids")
 
     def summary(self):
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             s = self.meta["splits"][split]
             self.log(
                 f"{split}: {s['rows']} rows written, {s['dropped_noise']} click=0,buy=1 rows "

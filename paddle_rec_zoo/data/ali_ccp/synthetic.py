@@ -108,24 +108,18 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_rec_zoo.data.ali_ccp import (
+    HISTORY_FIELDS,
+    PROFILE_CARDINALITY,
+    PROFILE_FIELDS,
+    RAW_COMMON,
+    RAW_SKELETON,
+)
 from paddle_rec_zoo.data.ali_ccp.vocabulary import (
     FEASIGN_ORDER as FIELDS,  # feasign ranges in the converter's order
 )
 from paddle_rec_zoo.report.metrics import auc
 
-PROFILE_FIELDS = ("121", "122", "124", "125", "126", "127", "128", "129")
-# Value counts of the real Ali-CCP profile fields.
-PROFILE_CARDINALITY = {
-    "121": 97,
-    "122": 13,
-    "124": 2,
-    "125": 7,
-    "126": 3,
-    "127": 3,
-    "128": 2,
-    "129": 4,
-}
-HISTORY_FIELDS = ("150_14", "127_14", "109_14", "110_14")  # line order of the real data
 USER_FIELDS = ("101", *PROFILE_FIELDS, *HISTORY_FIELDS)
 ITEM_FIELDS = ("205", "206", "207", "210", "216")
 CROSS_FIELDS = ("508", "509", "702", "853")
@@ -922,20 +916,16 @@ def generate(
             next_noise_id += len(noise_after)
             info["noise_rows"] = len(noise_after)
             info["noise_sample_ids"] = sorted(noise_after.values())
-            with open(
-                out / f"sample_skeleton_{split}.csv", "w", encoding="utf-8", newline="\n"
-            ) as fh:
+            with open(out / RAW_SKELETON.format(split), "w", encoding="utf-8", newline="\n") as fh:
                 for s in range(0, n, CHUNK_ROWS):
                     fh.write(writer.raw_lines(rows, slice(s, min(s + CHUNK_ROWS, n)), noise_after))
             sessions, first = np.unique(rows["session"], return_index=True)
-            with open(
-                out / f"common_features_{split}.csv", "w", encoding="utf-8", newline="\n"
-            ) as fh:
+            with open(out / RAW_COMMON.format(split), "w", encoding="utf-8", newline="\n") as fh:
                 for s in range(0, len(sessions), CHUNK_ROWS):
                     sl = slice(s, s + CHUNK_ROWS)
                     fh.write(writer.common_lines(sessions[sl], rows["user"][first[sl]]))
             info["common_feature_rows"] = len(sessions)
-            info["files"] = [f"sample_skeleton_{split}.csv", f"common_features_{split}.csv"]
+            info["files"] = [RAW_SKELETON.format(split), RAW_COMMON.format(split)]
         with open(out / f"truth_{split}.csv", "w", encoding="utf-8", newline="\n") as fh:
             fh.write("sample_id,pctr,pcvr\n")
             for s in range(0, n, CHUNK_ROWS * 5):
