@@ -126,6 +126,7 @@ CROSS_FIELDS = ("508", "509", "702", "853")
 
 ZIPF_OFFSET = 10.0  # Zipf-Mandelbrot offset: keeps the head user/item from dominating
 CHUNK_ROWS = 20_000  # rows formatted and written at a time
+_TINY = 1e-12  # keeps a ratio finite when its denominator is 0
 
 # name -> (value in the "default" preset, help). None = scaled with n_train (see help).
 PARAMS: dict[str, tuple[object, str]] = {
@@ -265,7 +266,7 @@ def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _std(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-12)
+    return (x - x.mean()) / (x.std() + _TINY)
 
 
 def _assign(n: int, n_groups: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -824,38 +825,75 @@ def generate(
     ``"raw"`` (one skeleton and one common-features file per split).
     """
     t0 = time.time()
-    if fmt not in ("slot", "raw"):
-        raise ValueError(f"fmt must be 'slot' or 'raw', not {fmt!r}")
-    if n_train < 1 or files < 1 or test_ratio < 0 or day < 0:
-        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0, day >= 0")
+    _check_arguments(n_train, fmt, test_ratio, files, day)
     p = resolve_params(n_train, preset, **params)
     n_test = int(round(n_train * test_ratio))
     log = print if verbose else (lambda *a, **k: None)
 
     universe = Universe(p, seed)
-    a_ctr, a_cvr = _calibrate(universe, seed)
-    log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={a_ctr:.3f} alpha_cvr={a_cvr:.3f}")
-
-    n_total = n_train + n_test
-    rng = _rng(seed, "timeline", day)
-    session, users = _timeline(universe, n_total, rng)
-    items = universe.sample_items(users, rng)
-    feats = _features(universe, users, items, rng)
-    pctr = np.round(_sigmoid(a_ctr + feats["click_logit"]), 8)
-    pcvr = np.round(_sigmoid(a_cvr + feats["buy_logit"]), 8)
-    del feats["click_logit"], feats["buy_logit"]
-    lab = _rng(seed, "labels", day)
-    click = lab.random(n_total) < pctr
-    buy = click & (lab.random(n_total) < pcvr)
-    entire = _rng(seed, "entire", day).random(n_total) < pcvr
+    intercepts = _calibrate(universe, seed)
+    log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={intercepts[0]:.3f} "
+        f"alpha_cvr={intercepts[1]:.3f}")  # fmt: skip
+    drawn = _draw_impressions(universe, seed, day, n_train + n_test, intercepts)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = Writer(universe, fmt, seed, day)
+    meta = _meta(writer, p, intercepts, seed=seed, day=day, preset=preset, n_train=n_train,
+                 test_ratio=test_ratio, files=files)  # fmt: skip
+    first_id = day * DAY_ID_STRIDE
+    noise = _NoiseIds(_rng(seed, "noise", day), first_id + n_train + n_test + 1, p["noise_rate"])
+    bounds = {"train": (0, n_train), "test": (n_train, n_train + n_test)}
+    for split, split_dir in zip(("train", "test"), split_dirs, strict=True):
+        lo, hi = bounds[split]
+        rows = _split_rows(drawn, first_id, lo, hi)
+        info = _split_info(drawn, first_id, lo, hi)
+        if fmt == "slot":
+            info["files"] = _write_slot(out, split_dir, files, writer, rows)
+        else:
+            info.update(_write_raw(out, split, writer, rows, noise))
+        _write_truth(out / f"truth_{split}.csv", rows["sample_id"], drawn, lo, hi)
+        meta["splits"][split] = info
+        log(f"{split}: {hi - lo} rows, ctr={info['ctr']:.4f} "
+            f"cvr|click={info['cvr_among_clicks']:.4f} oracle auc {info['oracle_auc']} "
+            f"({time.time() - t0:.1f}s)")  # fmt: skip
+    with open(out / "meta.json", "w", encoding="utf-8", newline="\n") as fh:
+        json.dump(meta, fh, indent=2)
+        fh.write("\n")
+    return meta
+
+
+def _check_arguments(n_train, fmt, test_ratio, files, day):
+    if fmt not in ("slot", "raw"):
+        raise ValueError(f"fmt must be 'slot' or 'raw', not {fmt!r}")
+    if n_train < 1 or files < 1 or test_ratio < 0 or day < 0:
+        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0, day >= 0")
+
+
+def _draw_impressions(universe: Universe, seed: int, day: int, n: int, intercepts) -> dict:
+    """A day's `n` impressions (train then test): sessions, users, items, features, the true
+    probabilities (rounded as written), labels and the entire-space conversions."""
+    a_ctr, a_cvr = intercepts
+    rng = _rng(seed, "timeline", day)
+    session, users = _timeline(universe, n, rng)
+    items = universe.sample_items(users, rng)
+    feats = _features(universe, users, items, rng)
+    pctr = np.round(_sigmoid(a_ctr + feats.pop("click_logit")), 8)
+    pcvr = np.round(_sigmoid(a_cvr + feats.pop("buy_logit")), 8)
+    lab = _rng(seed, "labels", day)
+    click = lab.random(n) < pctr
+    buy = click & (lab.random(n) < pcvr)
+    entire = _rng(seed, "entire", day).random(n) < pcvr
+    return {"session": session, "users": users, "items": items, "feats": feats, "pctr": pctr,
+            "pcvr": pcvr, "click": click, "buy": buy, "entire": entire}  # fmt: skip
+
+
+def _meta(writer: Writer, p: dict, intercepts, *, seed, day, preset, n_train, test_ratio, files):
+    """meta.json before its splits: how the data was made and the slot feasign ranges."""
     ranges = writer.ranges
-    meta = {
+    return {
         "generator": "datasets/ali-ccp/synthetic.py",
-        "format": fmt,
+        "format": writer.fmt,
         "seed": seed,
         **({"day": day} if day else {}),  # day 0's meta stays as the single-day generator's
         "preset": preset,
@@ -863,84 +901,107 @@ def generate(
         "test_ratio": test_ratio,
         "files": files,
         "params": p,
-        "intercepts": {"ctr": a_ctr, "cvr": a_cvr},
+        "intercepts": {"ctr": intercepts[0], "cvr": intercepts[1]},
         "fields": list(FIELDS),
         # raw output keeps raw per-field ids; these two keys then describe the slot equivalent
         "sparse_feature_number": ranges[FIELDS[-1]][1] + 1,
         "field_ranges": {f: list(r) for f, r in ranges.items()},
         "splits": {},
     }
-    noise_rng = _rng(seed, "noise", day)
-    first_id = day * DAY_ID_STRIDE
-    next_noise_id = first_id + n_total + 1
-    splits = (("train", 0, n_train, split_dirs[0]), ("test", n_train, n_total, split_dirs[1]))
-    for split, lo, hi, split_dir in splits:
-        n = hi - lo
-        rows = {
-            "sample_id": np.arange(first_id + lo + 1, first_id + hi + 1),
-            "click": click[lo:hi].astype(np.int8),
-            "buy": buy[lo:hi].astype(np.int8),
-            "user": users[lo:hi],
-            "item": items[lo:hi],
-            "position": feats["position"][lo:hi],
-            "session": session[lo:hi],
-            "cross": {f: c[lo:hi] for f, c in feats["cross"].items()},
-        }
-        info = {"rows": n, "first_sample_id": first_id + lo + 1, **_rates(click[lo:hi], buy[lo:hi])}
-        c, b, pc, pv = click[lo:hi], buy[lo:hi], pctr[lo:hi], pcvr[lo:hi]
-        info["oracle_auc"] = {
-            "ctr": auc(pc, c),
-            "cvr": auc(pv[c], b[c]),
-            "ctcvr": auc(pc * pv, b),
-            "cvr_entire_space": auc(pv, entire[lo:hi]),
-        }
-        info["expected"] = {"ctr": float(pc.mean()) if n else None,
-                            "cvr_among_clicks": float((pc * pv).sum() / max(pc.sum(), 1e-12))}  # fmt: skip
-        if fmt == "slot":
-            names = []
-            (out / split_dir).mkdir(exist_ok=True)
-            bounds = np.linspace(0, n, files + 1).round().astype(int)
-            for part in range(files):
-                name = f"{split_dir}/part-{part:05d}.txt"
-                names.append(name)
-                with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
-                    for s in range(bounds[part], bounds[part + 1], CHUNK_ROWS):
-                        fh.write(
-                            writer.slot_lines(rows, slice(s, min(s + CHUNK_ROWS, bounds[part + 1])))
-                        )
-            info["files"] = names
-        else:
-            n_noise = max(3, int(round(p["noise_rate"] * n))) if n else 0
-            after = np.sort(noise_rng.choice(n, size=min(n_noise, n), replace=False)) if n else []
-            noise_after = {int(j): next_noise_id + t for t, j in enumerate(after)}
-            next_noise_id += len(noise_after)
-            info["noise_rows"] = len(noise_after)
-            info["noise_sample_ids"] = sorted(noise_after.values())
-            with open(out / RAW_SKELETON.format(split), "w", encoding="utf-8", newline="\n") as fh:
-                for s in range(0, n, CHUNK_ROWS):
-                    fh.write(writer.raw_lines(rows, slice(s, min(s + CHUNK_ROWS, n)), noise_after))
-            sessions, first = np.unique(rows["session"], return_index=True)
-            with open(out / RAW_COMMON.format(split), "w", encoding="utf-8", newline="\n") as fh:
-                for s in range(0, len(sessions), CHUNK_ROWS):
-                    sl = slice(s, s + CHUNK_ROWS)
-                    fh.write(writer.common_lines(sessions[sl], rows["user"][first[sl]]))
-            info["common_feature_rows"] = len(sessions)
-            info["files"] = [RAW_SKELETON.format(split), RAW_COMMON.format(split)]
-        with open(out / f"truth_{split}.csv", "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("sample_id,pctr,pcvr\n")
-            for s in range(0, n, CHUNK_ROWS * 5):
-                sl = slice(s, min(s + CHUNK_ROWS * 5, n))
-                fh.write("".join(
-                    f"{i},{a:.8f},{v:.8f}\n"
-                    for i, a, v in zip(rows["sample_id"][sl].tolist(), pc[sl].tolist(), pv[sl].tolist(), strict=True)
-                ))  # fmt: skip
-        meta["splits"][split] = info
-        log(f"{split}: {n} rows, ctr={info['ctr']:.4f} cvr|click={info['cvr_among_clicks']:.4f} "
-            f"oracle auc {info['oracle_auc']} ({time.time() - t0:.1f}s)")  # fmt: skip
-    with open(out / "meta.json", "w", encoding="utf-8", newline="\n") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.write("\n")
-    return meta
+
+
+def _split_rows(drawn: dict, first_id: int, lo: int, hi: int) -> dict:
+    """The columns `Writer` formats, for impressions lo..hi-1 of the day."""
+    feats = drawn["feats"]
+    return {
+        "sample_id": np.arange(first_id + lo + 1, first_id + hi + 1),
+        "click": drawn["click"][lo:hi].astype(np.int8),
+        "buy": drawn["buy"][lo:hi].astype(np.int8),
+        "user": drawn["users"][lo:hi],
+        "item": drawn["items"][lo:hi],
+        "position": feats["position"][lo:hi],
+        "session": drawn["session"][lo:hi],
+        "cross": {f: c[lo:hi] for f, c in feats["cross"].items()},
+    }
+
+
+def _split_info(drawn: dict, first_id: int, lo: int, hi: int) -> dict:
+    """A split's rates, its oracle AUCs (the true probabilities as scores) and expected rates."""
+    c, b = drawn["click"][lo:hi], drawn["buy"][lo:hi]
+    pc, pv = drawn["pctr"][lo:hi], drawn["pcvr"][lo:hi]
+    info = {"rows": hi - lo, "first_sample_id": first_id + lo + 1, **_rates(c, b)}
+    info["oracle_auc"] = {
+        "ctr": auc(pc, c),
+        "cvr": auc(pv[c], b[c]),
+        "ctcvr": auc(pc * pv, b),
+        "cvr_entire_space": auc(pv, drawn["entire"][lo:hi]),
+    }
+    info["expected"] = {"ctr": float(pc.mean()) if hi > lo else None,
+                        "cvr_among_clicks": float((pc * pv).sum() / max(pc.sum(), _TINY))}  # fmt: skip
+    return info
+
+
+def _write_slot(out: Path, split_dir: str, files: int, writer: Writer, rows: dict) -> list[str]:
+    """The split as `files` slot parts of about equal rows; returns their names."""
+    names = []
+    (out / split_dir).mkdir(exist_ok=True)
+    n = len(rows["sample_id"])
+    bounds = np.linspace(0, n, files + 1).round().astype(int)
+    for part in range(files):
+        name = f"{split_dir}/part-{part:05d}.txt"
+        names.append(name)
+        with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
+            for s in range(bounds[part], bounds[part + 1], CHUNK_ROWS):
+                fh.write(writer.slot_lines(rows, slice(s, min(s + CHUNK_ROWS, bounds[part + 1]))))
+    return names
+
+
+class _NoiseIds:
+    """Where raw output inserts its click=0,buy=1 noise rows, and their sample ids: after the
+    day's impressions, numbered on across the splits."""
+
+    def __init__(self, rng: np.random.Generator, next_id: int, rate: float):
+        self.rng, self.next_id, self.rate = rng, next_id, rate
+
+    def place(self, n: int) -> dict[int, int]:
+        """{row after which a noise row goes: its sample id} for a split of `n` rows."""
+        n_noise = max(3, int(round(self.rate * n))) if n else 0
+        after = np.sort(self.rng.choice(n, size=min(n_noise, n), replace=False)) if n else []
+        noise_after = {int(j): self.next_id + t for t, j in enumerate(after)}
+        self.next_id += len(noise_after)
+        return noise_after
+
+
+def _write_raw(out: Path, split: str, writer: Writer, rows: dict, noise: _NoiseIds) -> dict:
+    """The split as a raw skeleton (with noise rows) and its sessions' common features; returns
+    what meta.json says of them."""
+    n = len(rows["sample_id"])
+    noise_after = noise.place(n)
+    info = {"noise_rows": len(noise_after), "noise_sample_ids": sorted(noise_after.values())}
+    with open(out / RAW_SKELETON.format(split), "w", encoding="utf-8", newline="\n") as fh:
+        for s in range(0, n, CHUNK_ROWS):
+            fh.write(writer.raw_lines(rows, slice(s, min(s + CHUNK_ROWS, n)), noise_after))
+    sessions, first = np.unique(rows["session"], return_index=True)
+    with open(out / RAW_COMMON.format(split), "w", encoding="utf-8", newline="\n") as fh:
+        for s in range(0, len(sessions), CHUNK_ROWS):
+            sl = slice(s, s + CHUNK_ROWS)
+            fh.write(writer.common_lines(sessions[sl], rows["user"][first[sl]]))
+    info["common_feature_rows"] = len(sessions)
+    info["files"] = [RAW_SKELETON.format(split), RAW_COMMON.format(split)]
+    return info
+
+
+def _write_truth(path: Path, sample_id, drawn: dict, lo: int, hi: int):
+    """`sample_id,pctr,pcvr` of each impression: the oracle's scores."""
+    pc, pv = drawn["pctr"][lo:hi], drawn["pcvr"][lo:hi]
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("sample_id,pctr,pcvr\n")
+        for s in range(0, hi - lo, CHUNK_ROWS * 5):
+            sl = slice(s, min(s + CHUNK_ROWS * 5, hi - lo))
+            fh.write("".join(
+                f"{i},{a:.8f},{v:.8f}\n"
+                for i, a, v in zip(sample_id[sl].tolist(), pc[sl].tolist(), pv[sl].tolist(), strict=True)
+            ))  # fmt: skip
 
 
 def _param_type(name: str):
