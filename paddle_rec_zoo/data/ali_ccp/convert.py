@@ -501,12 +501,12 @@ class _Conversion:
 
     def run(self, min_count, base):
         common = self.parse_common()
-        train_parts, counts = self.count_train_skeleton(common)
+        train_tasks, counts = self.count_train_skeleton(common)
         self.count_common_train(common, counts)
         self.number(*counts.result(), min_count, base)
         counts.parts.clear()  # free the merged counts before the encoding passes
         encoded_common = self.encode_common(common)
-        self.encode_skeletons(train_parts, encoded_common)
+        self.encode_skeletons(train_tasks, encoded_common)
         self.summary()
 
     def parse_common(self) -> _CommonParts:
