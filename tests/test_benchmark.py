@@ -129,9 +129,10 @@ def test_quality_table_has_a_column_per_declared_auc_and_names_no_metric_itself(
     assert lines[3] == "|---|---|---|"
     assert lines[5] == f"| {benchmark.QUALITY[1][0]} | 0.5100 | 0.6000 |"
     # the labels and metrics come from the model's spec and the reader (doc/architecture.md)
-    source = Path(benchmark.__file__).read_text()
-    for name in ("click", "buy", "auc_ctr", "auc_cvr", "auc_ctcvr", "pctr", "pcvr"):
-        assert name not in source
+    for module in (benchmark, bench_scale):
+        source = Path(module.__file__).read_text()
+        for name in ("click", "buy", "auc_ctr", "auc_cvr", "auc_ctcvr", "pctr", "pcvr"):
+            assert name not in source, (module.__name__, name)
 
 
 def test_paddlerec_recipe_runs_on_the_tools_data_and_threads_without_mkl_settings(
@@ -276,9 +277,20 @@ def test_scale_rehearsal_runs_every_stage_and_leaves_the_doc_alone(tmp_path):
         assert r["wall"] > 0 and r["rss_mb"] > 0, key
     for key in ("infer_inference", "infer_dygraph"):  # the AUCs each evaluation printed
         assert len(results[key]["auc"]) == 3 and all(0 <= a <= 1 for a in results[key]["auc"])
+    header = next(line for line in text.splitlines() if line.startswith("| stage |"))
+    assert "| test auc_ctr / auc_cvr / auc_ctcvr |" in header  # ESMM's, as its spec declares
     assert results["train_static"]["loop_rate"] > 0
     with open(benchmark.DOC, "rb") as f:
         assert f.read() == doc_before  # no --update-doc, no change
+
+
+def test_scale_reads_the_declared_metrics_of_the_last_evaluation():
+    text = (
+        "epoch 0 [static]: auc_a 0.7000 auc_b nan (samples 1,000, buys 3)\n"
+        "epoch 1 [static]: auc_a 0.7435 loss_b 0.1200 (samples 1,000, buys 3)\n"
+    )
+    assert bench_scale.eval_metrics(text) == {"auc_a": 0.7435, "loss_b": 0.12}
+    assert bench_scale.eval_metrics("no evaluation\n") == {}
 
 
 def _op(name, ts, dur, cat="Operator"):
