@@ -15,16 +15,21 @@ import numpy as np
 
 from paddle_rec_zoo.errors import UserError
 
-# A field name is 1 to 8 bytes of UTF-8 without ':' or ',': the slot format separates fields
-# with ',' and a field from its feasign with ':', and the slot parser packs a name into one
-# uint64. The raw converter checks the same rule before writing (`field_name_problem`).
+# A field name is 1 to 8 bytes of UTF-8 without ':', ',' or control characters: the slot format
+# separates fields with ',' and a field from its feasign with ':' and ends a line with '\n', the
+# raw Ali-CCP format separates with \x01-\x03, and the slot parser packs a name into one uint64.
+# Every reader and the raw converter check names with `field_name_problem`, so the converter
+# cannot write a data set the reader refuses.
 MAX_FIELD_BYTES = 8
 
 
 def field_name_problem(name: str) -> str | None:
     """Why `name` cannot be a field name, or None if it can."""
-    if not 0 < len(name.encode()) <= MAX_FIELD_BYTES or ":" in name or "," in name:
-        return f"field name {name!r}: 1 to {MAX_FIELD_BYTES} bytes, no ':' or ','"
+    fits = 0 < len(name.encode()) <= MAX_FIELD_BYTES
+    if not fits or any(c in ":," or ord(c) < 32 or c == "\x7f" for c in name):
+        return (
+            f"field name {name!r}: 1 to {MAX_FIELD_BYTES} bytes, no ':', ',' or control characters"
+        )
     return None
 
 
@@ -65,35 +70,37 @@ class FieldLayout:
 
 @dataclass
 class Columns:
-    """Parsed rows: `sample_id` [N] int64, `labels` [N, k] int8, `ids` [N, width] int64."""
+    """Parsed rows: `ids` [N, width] int64, `labels` [N, k] int8, `sample_id` [N] int64 (the
+    order of `Batch`)."""
 
-    sample_id: np.ndarray
-    labels: np.ndarray
     ids: np.ndarray
+    labels: np.ndarray
+    sample_id: np.ndarray
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
     def take(self, mask_or_index) -> Columns:
         return Columns(
-            self.sample_id[mask_or_index], self.labels[mask_or_index], self.ids[mask_or_index]
+            self.ids[mask_or_index], self.labels[mask_or_index], self.sample_id[mask_or_index]
         )
 
     @staticmethod
     def concat(parts: list[Columns], n_labels: int, width: int) -> Columns:
         if not parts:
             return Columns(
-                np.zeros(0, np.int64), np.zeros((0, n_labels), np.int8), np.zeros((0, width))
+                np.zeros((0, width)), np.zeros((0, n_labels), np.int8), np.zeros(0, np.int64)
             )
         return Columns(
-            np.concatenate([p.sample_id for p in parts]),
-            np.concatenate([p.labels for p in parts]),
             np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.sample_id for p in parts]),
         )
 
 
 class Batch(NamedTuple):
-    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64;
+    """One mini-batch: `ids` [B, width] int64, `labels` [B, k] float32, `sample_id` [B] int64
+    (the order of `Columns`);
     `rows`: for training row-wise tables, the ids as rows of the batch's own
     (`paddle_rec_zoo.nn.sparse.RowBatch`), prepared with the batch when the engine asks."""
 

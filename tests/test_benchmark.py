@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import paddle
 import pytest
@@ -61,7 +62,7 @@ def test_vocab_table_reports_each_size_against_the_smallest_and_the_baseline(tmp
         "train_dygraph_warm@300000": [{**run, "rate": 5500.0}] * 2,
         "train_dygraph_warm@10000000": [{**run, "rate": 2200.0, "rss_mb": 2300}] * 2,
     }
-    text = bench.vocab_table([300000, 10000000], dim=12)
+    text = benchmark.vocab_table(bench, [300000, 10000000], dim=12)
     rows = [line for line in text.splitlines() if line.startswith("| 1") or line.startswith("| 3")]
     assert rows[0].startswith("| 300,000 | dygraph | 31,000 (30,000–32,000) | 100% | 5,500")
     assert "| 5.0x |" in rows[0]  # 5,500 / median baseline 1,100
@@ -115,6 +116,25 @@ def test_paddlerec_recipe_imports_nothing_of_the_project():
     }
 
 
+def test_quality_table_has_a_column_per_declared_auc_and_names_no_metric_itself(tmp_path):
+    args = benchmark.argparse.Namespace(
+        workdir=str(tmp_path), runs=1, batch_size=1024, cpu_threads=None
+    )
+    bench = benchmark.Bench(args, {"splits": {"train": {"rows": 40}, "test": {"rows": 10}}})
+    bench.auc_metrics = [("auc_a", "A AUC"), ("auc_b", "B AUC (clicked)")]  # a model's spec
+    for i in range(len(benchmark.QUALITY)):
+        bench.results[f"quality@{i}"] = [{"test": {"auc_a": 0.5 + i / 100, "auc_b": 0.6}}]
+    lines = benchmark.quality_table(bench).splitlines()
+    assert lines[2] == "| embedding optimizer | test A AUC | test B AUC (clicked) |"
+    assert lines[3] == "|---|---|---|"
+    assert lines[5] == f"| {benchmark.QUALITY[1][0]} | 0.5100 | 0.6000 |"
+    # the labels and metrics come from the model's spec and the reader (doc/architecture.md)
+    for module in (benchmark, bench_scale):
+        source = Path(module.__file__).read_text()
+        for name in ("click", "buy", "auc_ctr", "auc_cvr", "auc_ctcvr", "pctr", "pcvr"):
+            assert name not in source, (module.__name__, name)
+
+
 def test_paddlerec_recipe_runs_on_the_tools_data_and_threads_without_mkl_settings(
     tmp_path, monkeypatch
 ):
@@ -163,7 +183,10 @@ def test_table_gives_training_rows_against_both_baselines(tmp_path):
         "train_dygraph_warm": [{**run, "rate": 7000.0}],
         "infer_dygraph_warm": [{**run, "rate": 20000.0}],
     }
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in bench.table().splitlines()}
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ")
+        for line in benchmark.speed_table(bench).splitlines()
+    }
     header = rows["measurement"]
     vs_base, vs_recipe = header.index("vs baseline"), header.index("vs PaddleRec recipe")
     trainer = rows["trainer.py, 1 epoch, warm cache"]
@@ -254,9 +277,20 @@ def test_scale_rehearsal_runs_every_stage_and_leaves_the_doc_alone(tmp_path):
         assert r["wall"] > 0 and r["rss_mb"] > 0, key
     for key in ("infer_inference", "infer_dygraph"):  # the AUCs each evaluation printed
         assert len(results[key]["auc"]) == 3 and all(0 <= a <= 1 for a in results[key]["auc"])
+    header = next(line for line in text.splitlines() if line.startswith("| stage |"))
+    assert "| test auc_ctr / auc_cvr / auc_ctcvr |" in header  # ESMM's, as its spec declares
     assert results["train_static"]["loop_rate"] > 0
     with open(benchmark.DOC, "rb") as f:
         assert f.read() == doc_before  # no --update-doc, no change
+
+
+def test_scale_reads_the_declared_metrics_of_the_last_evaluation():
+    text = (
+        "epoch 0 [static]: auc_a 0.7000 auc_b nan (samples 1,000, buys 3)\n"
+        "epoch 1 [static]: auc_a 0.7435 loss_b 0.1200 (samples 1,000, buys 3)\n"
+    )
+    assert bench_scale.eval_metrics(text) == {"auc_a": 0.7435, "loss_b": 0.12}
+    assert bench_scale.eval_metrics("no evaluation\n") == {}
 
 
 def _op(name, ts, dur, cat="Operator"):

@@ -17,7 +17,7 @@ from test_convert_raw import common_line, item, skel_line, write_raw
 
 from paddle_rec_zoo.data import ali_ccp
 from paddle_rec_zoo.data.ali_ccp import convert as cr
-from paddle_rec_zoo.data.binary_data import BinaryPart
+from paddle_rec_zoo.data.binary_data import BinarySplit
 from paddle_rec_zoo.data.dataset import Dataset, list_data_files
 from paddle_rec_zoo.errors import UserError
 
@@ -105,7 +105,7 @@ def test_binary_batches_equal_slot_batches(converted, overrides, split):
     slot, binary, meta = converted
     n_ids = f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"
     a, b = load(slot, split, n_ids, *overrides), load(binary, split, n_ids, *overrides)
-    assert isinstance(b.parts[0], BinaryPart) and len(a) == len(b) == meta["rows"][split]
+    assert isinstance(b.parts[0], BinarySplit) and len(a) == len(b) == meta["rows"][split]
     assert assert_same_batches(a, b, batch_size=100) == len(a)
     # shuffled, and each rank of two its share, as in training
     for rank in (0, 1):
@@ -321,7 +321,7 @@ def test_hash_ids_folds_binary_ids_as_slot_text_by_the_documented_rule(tmp_path)
     want = [[1, 9, 2, 9, 3, 1, 7, 3], [1, 1, 2, 0, 8, 5, 0, 0]]
     binary = Dataset.load([str(tmp_path / "bin")], ali_ccp.Reader(cfg), None)
     text = Dataset.load([str(slot)], ali_ccp.Reader(cfg), None)
-    assert isinstance(binary.parts[0], BinaryPart) and not isinstance(text.parts[0], BinaryPart)
+    assert isinstance(binary.parts[0], BinarySplit) and not isinstance(text.parts[0], BinarySplit)
     for data in (binary, text):
         batch = data.gather(np.arange(2))
         np.testing.assert_array_equal(batch.ids, want)

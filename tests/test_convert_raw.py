@@ -25,8 +25,10 @@ from conftest import run_group
 from paddle_rec_zoo.data.ali_ccp import convert as cr
 from paddle_rec_zoo.data.ali_ccp import raw_parse, raw_write, vocabulary
 from paddle_rec_zoo.data.binary_data import FORMAT as BINARY_FORMAT
+from paddle_rec_zoo.data.binary_data import BinarySplit
 from paddle_rec_zoo.data.slot_parser import byte_words
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.schema import FieldLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "datasets" / "ali-ccp" / "convert_raw.py"
@@ -392,6 +394,33 @@ def test_fields_option(tmp_path):
     want, _ = reference(raw, fields=fields)
     assert read_out(tmp_path / "out", "train") == want["train"]
     assert any(",999:" in line for line in want["train"])
+
+
+@pytest.mark.parametrize("name", ["123456789", "1234567é", "205:1", "tab\tname"])
+def test_fields_the_reader_refuses_are_refused_before_writing(tmp_path, capsys, name):
+    """One field-name rule: a name the reader's `FieldLayout` refuses (over 8 bytes of UTF-8, a
+    separator, a control character) stops the converter before it writes anything."""
+    with pytest.raises(UserError):
+        FieldLayout((name,), (1,))
+    raw = random_raw(tmp_path / "raw", n_rows=20)
+    out = tmp_path / "out"
+    args = ["--raw", str(raw), "--out", str(out), "--workers", "1", "--quiet"]
+    assert cr.main(args + ["--fields", f"205,{name}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--fields: field name {name!r}: 1 to 8 bytes" in err
+    assert not out.exists()
+
+
+def test_an_eight_byte_field_name_converts_and_reads_back(tmp_path):
+    """The longest name the rule allows goes through the converter and the reader."""
+    raw = tiny_raw(tmp_path / "raw")
+    for path in raw.iterdir():
+        path.write_text(path.read_text().replace("205\x02", "12345678\x02"))
+    cr.convert(raw, tmp_path / "out", workers=1, fields=["12345678", "101"], progress=False)
+    assert read_out(tmp_path / "out", "train")[0].startswith("1,1,1,12345678:")
+    layout = FieldLayout(("12345678", "101"), (2, 1))
+    data = BinarySplit(tmp_path / "out" / "train_data", layout, ("click", "buy"))
+    assert len(data) == 3
 
 
 BAD_LINES = [

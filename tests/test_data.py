@@ -105,27 +105,27 @@ def test_prefetch_passes_items_and_errors_through():
 
 
 def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data.dataset as data
+    from paddle_rec_zoo.data import parallel_parse
 
     write_rows(tmp_path / "a.txt", 3000)
-    monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # this small file: 3 processes
+    monkeypatch.setattr(parallel_parse, "_MIN_PART_BYTES", 1000)  # this small file: 3 processes
     files = [str(tmp_path / "a.txt")]
     one = Dataset.load(files, reader(), str(tmp_path / "c1"), workers=1)
-    parse_range, log = data._parse_range, tmp_path / "ranges.log"
+    parse_range, log = parallel_parse._parse_range, tmp_path / "ranges.log"
 
     def logged(path, reader, folder, ids_dtype, start, end):  # runs in the forked processes too
         with open(log, "a") as f:
             f.write(f"{os.getpid()} {start} {end}\n")
         return parse_range(path, reader, folder, ids_dtype, start, end)
 
-    monkeypatch.setattr(data, "_parse_range", logged)
+    monkeypatch.setattr(parallel_parse, "_parse_range", logged)
     three = Dataset.load(files, reader(), str(tmp_path / "c3"), workers=3)
     ranges = [line.split() for line in log.read_text().splitlines()]
     assert len({pid for pid, _, _ in ranges}) == 3  # three processes, one range each
     cuts = sorted({int(x) for _, a, z in ranges for x in (a, z)})
-    assert cuts == data._parse_cuts(files[0], reader(), 3)
+    assert cuts == parallel_parse.parse_cuts(files[0], reader(), 3)
     assert len(cuts) == 4 and cuts[0] == 0 and cuts[-1] == os.path.getsize(files[0])
-    monkeypatch.setattr(data, "_parse_range", parse_range)
+    monkeypatch.setattr(parallel_parse, "_parse_range", parse_range)
     for name in ("sample_id", "labels", "ids"):
         np.testing.assert_array_equal(getattr(one.parts[0], name), getattr(three.parts[0], name))
     assert vars(one.stats) == vars(three.stats)
@@ -143,13 +143,13 @@ def test_parallel_parse_of_one_file_equals_one_process_parse(tmp_path, monkeypat
 
 
 def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data.dataset as data
+    from paddle_rec_zoo.data import column_files
 
     write_rows(tmp_path / "a.txt", 700)
     ds = Dataset.load([str(tmp_path / "a.txt")], reader(), str(tmp_path / "cache"))
     ids = ds.parts[0].ids
     assert isinstance(ids, np.memmap)
-    assert data.PREAD_BYTES == 1 << 30  # "columns of 1 GB or more" (doc/architecture.md)
+    assert column_files.PREAD_BYTES == 1 << 30  # "columns of 1 GB or more" (doc/architecture.md)
     reads = []
 
     def pread(fd, n, offset):  # a spy on the pread path
@@ -163,10 +163,12 @@ def test_large_cached_columns_are_read_not_mapped_and_give_the_same_rows(tmp_pat
         return list(ds.batches(64, shuffle=True, seed=5))  # gathered in the prefetch thread
 
     mapped = epoch()  # the default threshold, 1 GB: this column is mapped
-    monkeypatch.setattr(data, "PREAD_BYTES", ids.nbytes + 1)  # one byte short of the threshold
+    monkeypatch.setattr(
+        column_files, "PREAD_BYTES", ids.nbytes + 1
+    )  # one byte short of the threshold
     mapped += epoch()
     assert reads == []
-    monkeypatch.setattr(data, "PREAD_BYTES", ids.nbytes)  # "at least this large": read
+    monkeypatch.setattr(column_files, "PREAD_BYTES", ids.nbytes)  # "at least this large": read
     read = epoch() + epoch()
     row = ids.strides[0]
     assert len(reads) == 2 * len(ds)  # one pread per row, of that row
@@ -193,13 +195,13 @@ class WholeFileReader:
 
 
 def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp_path, monkeypatch):
-    import paddle_rec_zoo.data.dataset as data
+    from paddle_rec_zoo.data import parallel_parse
 
     write_rows(tmp_path / "a.txt", 3000)
-    monkeypatch.setattr(data, "_MIN_PART_BYTES", 1000)  # large enough for 3 processes
+    monkeypatch.setattr(parallel_parse, "_MIN_PART_BYTES", 1000)  # large enough for 3 processes
     files = [str(tmp_path / "a.txt")]
     plain = WholeFileReader(reader())
-    assert data._parse_cuts(files[0], plain, 3) == [0, os.path.getsize(files[0])]
+    assert parallel_parse.parse_cuts(files[0], plain, 3) == [0, os.path.getsize(files[0])]
     assert plain.calls == []  # told by its class, not found out by running it
     got = Dataset.load(files, plain, str(tmp_path / "c"), workers=3)
     want = Dataset.load(files, reader(), str(tmp_path / "c3"), workers=3)
@@ -209,7 +211,7 @@ def test_a_reader_without_byte_ranges_is_read_in_one_process_without_probing(tmp
 
 
 def test_read_stats_add_up_ranges_and_files_keeping_the_first_five_examples():
-    from paddle_rec_zoo.data.dataset import ReadStats
+    from paddle_rec_zoo.data.read_stats import ReadStats
 
     def info(rows, bad, filtered):
         return {"rows": rows, "bad_lines": len(bad), "bad_examples": bad, "filtered": filtered}

@@ -1,7 +1,8 @@
 """datasets/ali-ccp/run.sh: its three modes, and the offline failure path.
 
 ALICCP_DIR points the script at a temporary folder (never the repo); ALICCP_BASE_URL points the
-download at a closed local port or a local HTTP server, so no test touches the internet.
+download at a closed local port, a local port that never completes a connection, or a local HTTP
+server, so no test touches the internet.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_group
+
+from paddle_rec_zoo.data.ali_ccp import RAW_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "datasets" / "ali-ccp" / "run.sh"
@@ -27,11 +31,11 @@ CLOSED_PORT_URL = "http://127.0.0.1:9/esmm"  # discard port: connection refused 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
 
 
-def run_sh(*args, data_dir: Path, base_url=CLOSED_PORT_URL, timeout=60):
+def run_sh(*args, data_dir: Path, base_url=CLOSED_PORT_URL, timeout=60, connect_timeout=3):
     env = dict(
         os.environ, ALICCP_DIR=str(data_dir), ALICCP_BASE_URL=base_url, PYTHON=sys.executable
     )
-    env["ALICCP_CONNECT_TIMEOUT"] = "3"
+    env["ALICCP_CONNECT_TIMEOUT"] = str(connect_timeout)
     return run_group(["sh", str(RUN_SH), *args], timeout=timeout, env=env)
 
 
@@ -62,13 +66,52 @@ def test_offline_without_raw_files_fails_fast_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no train_data/, test_data/ or temp files
 
 
-def test_unreachable_host_respects_connect_timeout(tmp_path):
-    # A non-routable address: the connect timeout (3 s here), not the OS default, ends it.
+@pytest.fixture
+def silent_port():
+    """A local port whose connections never complete: its listen queue (backlog 0) is filled by
+    connections nobody accepts, so Linux drops every further SYN and a client's connect waits
+    until its own timeout, as with an unreachable host (no network needed)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)  # the handshakes complete: the queue is full
+    yield port
+    for sock in (*fillers, server):
+        sock.close()
+
+
+def test_a_silent_host_is_given_up_after_the_connect_timeout(tmp_path, silent_port):
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # the fixture works: connecting really hangs
+        probe.connect(("127.0.0.1", silent_port))
+    probe.close()
+    base_url = f"http://127.0.0.1:{silent_port}/esmm"
     t0 = time.time()
-    proc = run_sh(data_dir=tmp_path, base_url="http://10.255.255.1/esmm")
+    proc = run_sh(data_dir=tmp_path, base_url=base_url, connect_timeout=2)
+    took = time.time() - t0
     assert proc.returncode == 1
-    assert time.time() - t0 < 15
+    # It waited for the connection (a refused one fails at once) and no longer than the setting
+    # (the system's own connect timeout is minutes).
+    assert 2 <= took < 8
+    err = proc.stderr
+    assert "run.sh: no Ali-CCP data prepared." in err
+    assert f"{base_url}/traindata_10w.csv: " in err
+    if shutil.which("curl"):  # the fetcher run.sh prefers; exit code 28: timed out
+        assert "curl: (28)" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_sh_looks_for_the_raw_files_the_converter_reads():
+    line = next(x for x in RUN_SH.read_text().splitlines() if x.startswith("RAW_FILES="))
+    assert sorted(line.split("=", 1)[1].strip('"').split()) == sorted(RAW_FILES)
 
 
 @pytest.fixture

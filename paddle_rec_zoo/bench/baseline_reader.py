@@ -60,8 +60,8 @@ def loader(files: list[str], fields: list[str], max_len: int, batch_size: int) -
 
 def feeds(batch: list, n_fields: int):
     """PaddleRec's `create_feeds`, adapted to the one `ids` input of our network:
-    per-field [B, max_len] tensors -> ids [B, F * max_len]; labels -> float32 [B, 1]."""
+    per-field [B, max_len] tensors -> ids [B, F * max_len]; each label column (the line's, in
+    its order) -> float32 [B, 1]."""
     ids = paddle.concat(batch[:n_fields], axis=1)
-    click = paddle.cast(batch[n_fields], "float32")
-    buy = paddle.cast(batch[n_fields + 1], "float32")
-    return ids, click, buy
+    labels = [paddle.cast(column, "float32") for column in batch[n_fields:]]
+    return ids, labels

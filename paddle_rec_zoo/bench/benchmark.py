@@ -278,6 +278,11 @@ def probe(args) -> dict:
         return kernel_rates()
     if name in ("baseline_train", "baseline_eval"):
         return baseline(args, train=name == "baseline_train")
+    if name == "auc_metrics":
+        adapter, config, _, _ = _probe_setup(args)
+        spec = adapter.DygraphModel.network.spec(config.hyper_parameters)
+        auc = [m for m in spec.metrics if m.kind == "auc"]
+        return {"metrics": [(m.name, m.title or m.name) for m in auc]}
     raise SystemExit(f"unknown probe {name}")
 
 
@@ -303,8 +308,8 @@ def baseline(args, train: bool) -> dict:
     start = time.perf_counter()
     n = 0
     for batch in loader(files, list(hp.fields), hp.max_len, config.runner.train_batch_size):
-        ids, click, buy = feeds(batch, n_fields)  # the reader's label order: click, buy
-        labels = np.concatenate([click.numpy(), buy.numpy()], axis=1)
+        ids, columns = feeds(batch, n_fields)  # a line's label columns: the reader's order
+        labels = np.concatenate([column.numpy() for column in columns], axis=1)
         step(Batch(ids.numpy(), labels, np.arange(len(labels))))
         n += len(labels)
     return {"rate": n / (time.perf_counter() - start), "rows": n}
@@ -435,10 +440,13 @@ def write_doc(table: str, argv: list[str], begin: str, end: str):
 
 
 class Bench:
+    """Runs the measurements, each in a process of its own, and keeps their results."""
+
     def __init__(self, args, meta: dict):
         self.args = args
         self.meta = meta
         self.results: dict[str, list[dict]] = {}
+        self.auc_metrics: list[tuple[str, str]] = []  # --quality: the model's (name, title)
         self.logs = os.path.join(args.workdir, "logs")
         os.makedirs(self.logs, exist_ok=True)
         self.rows = {
@@ -464,20 +472,8 @@ class Bench:
 
     def run_probe(self, key: str, save: str, run: int, extra=()):
         """Run probe `key` (or the probe before the `@` of `key`) with `extra` config overrides."""
-        log_path = os.path.join(self.logs, f"{key}-{run}.log")
         load = load_avg()
-        cmd = [
-            sys.executable,
-            "-m",
-            __spec__.name,
-            "--probe",
-            key.split("@")[0],
-            "--steps",
-            str(self.args.steps),
-        ]
-        cmd += ["--opts", *self.opts(save), *extra]
-        wall, rss, text = run_process(cmd, log_path)
-        result = probe_result(text)
+        wall, rss, result = self.probe_process(key, save, run, extra)
         result.update(load=max(load, load_avg()), rss_mb=rss, process_wall=wall)
         if key.startswith("baseline"):  # whole-process rate, as for the CLIs
             split = "train" if key == "baseline_train" else "test"
@@ -485,6 +481,14 @@ class Bench:
             result["rate"] = self.rows[split] / wall
             result["wall"] = wall
         self.record(key, result)
+
+    def probe_process(self, key: str, save: str, run: int, extra=()) -> tuple[float, int, dict]:
+        """(wall seconds, peak RSS MB, result) of a process running the probe of `key`."""
+        log_path = os.path.join(self.logs, f"{key}-{run}.log")
+        cmd = [sys.executable, "-m", __spec__.name, "--probe", key.split("@")[0]]
+        cmd += ["--steps", str(self.args.steps), "--opts", *self.opts(save), *extra]
+        wall, rss, text = run_process(cmd, log_path)
+        return wall, rss, probe_result(text)
 
     def run_tool(
         self, key: str, tool: str, save: str, run: int, extra=(), env=None, code: str = ROOT
@@ -604,44 +608,11 @@ class Bench:
                     self.run_tool(f"train_{engine}_warm@{rows}", tool, save, run, extra)
                     shutil.rmtree(os.path.join(self.args.workdir, save), ignore_errors=True)
 
-    def vocab_table(self, sizes: list[int], dim: int) -> str:
-        base = self.median("baseline_train")
-        lines = [
-            self.heading(),
-            "",
-            "| table rows | engine | compute-only samples/s (median, min–max) | vs smallest "
-            "table | trainer, whole process samples/s (median, min–max) | vs baseline | "
-            "peak RSS MB | table + slots MB |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for engine in ("dygraph", "static"):
-            first = self.median(f"compute_{engine}@{sizes[0]}")
-            for rows in sizes:
-                compute = self.results.get(f"compute_{engine}@{rows}", [])
-                whole = self.results.get(f"train_{engine}_warm@{rows}", [])
-                if not compute or not whole:
-                    continue
-                c = [r["rate"] for r in compute]
-                w = [r["rate"] for r in whole]
-                state_mb = rows * dim * 4 * 3 / 2**20  # table + lazy Adam's two moments
-                lines.append(
-                    f"| {rows:,} | {engine} | {statistics.median(c):,.0f} ({min(c):,.0f}–"
-                    f"{max(c):,.0f}) | {statistics.median(c) / first:.0%} | "
-                    f"{statistics.median(w):,.0f} ({min(w):,.0f}–{max(w):,.0f}) | "
-                    f"{statistics.median(w) / base:.1f}x | "
-                    f"{max(r['rss_mb'] for r in whole):,} | {state_mb:,.0f} |"
-                )
-        lines.append(
-            f"\nBaseline (PaddleRec-style line-by-line reader, dygraph, whole process): "
-            f"{base:,.0f} samples/s (median). Load average during the runs: "
-            f"{min(r['load'] for v in self.results.values() for r in v):.1f}–"
-            f"{max(r['load'] for v in self.results.values() for r in v):.1f}."
-        )
-        return "\n".join(lines) + "\n"
-
     def run_quality(self):
         """Test AUCs after one epoch per embedding optimizer (seeded: one run each; the rates
-        include the evaluation and are not a speed measurement)."""
+        include the evaluation and are not a speed measurement). The AUCs are those the model
+        declares (asked of a probe: this process imports no Paddle)."""
+        self.auc_metrics = self.probe_process("auc_metrics", "out-quality-0", 0)[2]["metrics"]
         for i, (_, setting) in enumerate(QUALITY):
             save = os.path.join(self.args.workdir, f"out-quality-{i}")
             extra = [f"hyper_parameters.embedding_optimizer={setting}"]
@@ -651,23 +622,8 @@ class Bench:
                 test = [json.loads(x) for x in f if '"split": "test"' in x][-1]
             self.results[f"quality@{i}"][-1]["test"] = test
 
-    def quality_table(self) -> str:
-        lines = [
-            self.heading(),
-            "",
-            "| embedding optimizer | test AUC CTR | test AUC CVR (clicked) | test AUC CTCVR |",
-            "|---|---|---|---|",
-        ]
-        for i, (what, _) in enumerate(QUALITY):
-            (r,) = self.results[f"quality@{i}"]
-            t = r["test"]
-            lines.append(
-                f"| {what} | {t['auc_ctr']:.4f} | {t['auc_cvr']:.4f} | {t['auc_ctcvr']:.4f} |"
-            )
-        return "\n".join(lines) + "\n"
-
-    # ------------------------------------------------------------------ report
     def heading(self) -> str:
+        """What was measured, how and where: the first line of every table."""
         a = self.args
         return (
             f"{self.rows['train']:,} train / {self.rows['test']:,} test rows "
@@ -681,46 +637,103 @@ class Bench:
         values = [r[field] for r in self.results.get(key, []) if r.get(field) is not None]
         return statistics.median(values) if values else None
 
-    def table(self) -> str:
-        a = self.args
-        base_train = self.median("baseline_train")
-        base_eval = self.median("baseline_eval")
-        base_recipe = self.median("paddlerec_train")
-        lines = [
-            self.heading() + f" Inference batch {a.infer_batch_size}.",
-            "",
-            "| measurement | samples/s (median) | spread (min–max) | wall s | in-loop samples/s | "
-            "vs baseline | vs PaddleRec recipe | peak RSS MB | load avg |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for key, what, _ in MEASUREMENTS:
-            runs = self.results.get(key)
-            if not runs:
+
+# ----------------------------------------------------------------------------- tables
+
+
+def speed_table(bench: Bench) -> str:
+    """Every measurement: its rate, spread, wall time, in-loop rate, and against the baselines."""
+    a = bench.args
+    base_train = bench.median("baseline_train")
+    base_eval = bench.median("baseline_eval")
+    base_recipe = bench.median("paddlerec_train")
+    lines = [
+        bench.heading() + f" Inference batch {a.infer_batch_size}.",
+        "",
+        "| measurement | samples/s (median) | spread (min–max) | wall s | in-loop samples/s | "
+        "vs baseline | vs PaddleRec recipe | peak RSS MB | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, what, _ in MEASUREMENTS:
+        runs = bench.results.get(key)
+        if not runs:
+            continue
+        rates = [r["rate"] for r in runs]
+        ratio = ""
+        base = base_eval if "infer" in key or key == "baseline_eval" else base_train
+        if base and not key.startswith(("reader", "compute")):
+            ratio = f"{statistics.median(rates) / base:.1f}x"
+        recipe = ""  # training rows only: the recipe trains, it does not evaluate
+        if base_recipe and key.startswith(("train", "baseline_train", "paddlerec")):
+            recipe = f"{statistics.median(rates) / base_recipe:.1f}x"
+        loop = bench.median(key, "loop_rate")
+        compute = bench.median("compute_" + key.split("_")[1]) if key.startswith("train") else None
+        loop_text = f"{loop:,.0f}" if loop else ""
+        if loop and compute:
+            loop_text += f" ({loop / compute:.0%} of compute)"
+        wall = bench.median(key, "wall")
+        lines.append(
+            f"| {what} | {statistics.median(rates):,.0f} | "
+            f"{min(rates):,.0f}–{max(rates):,.0f} | {f'{wall:.1f}' if wall else ''} | "
+            f"{loop_text} | {ratio} | {recipe} | "
+            f"{max(r['rss_mb'] for r in runs):,} | "
+            f"{min(r['load'] for r in runs):.1f}–{max(r['load'] for r in runs):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def vocab_table(bench: Bench, sizes: list[int], dim: int) -> str:
+    """Compute-only and whole-process rates per table size, against the smallest table and
+    the baseline."""
+    base = bench.median("baseline_train")
+    lines = [
+        bench.heading(),
+        "",
+        "| table rows | engine | compute-only samples/s (median, min–max) | vs smallest "
+        "table | trainer, whole process samples/s (median, min–max) | vs baseline | "
+        "peak RSS MB | table + slots MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for engine in ("dygraph", "static"):
+        first = bench.median(f"compute_{engine}@{sizes[0]}")
+        for rows in sizes:
+            compute = bench.results.get(f"compute_{engine}@{rows}", [])
+            whole = bench.results.get(f"train_{engine}_warm@{rows}", [])
+            if not compute or not whole:
                 continue
-            rates = [r["rate"] for r in runs]
-            ratio = ""
-            base = base_eval if "infer" in key or key == "baseline_eval" else base_train
-            if base and not key.startswith(("reader", "compute")):
-                ratio = f"{statistics.median(rates) / base:.1f}x"
-            recipe = ""  # training rows only: the recipe trains, it does not evaluate
-            if base_recipe and key.startswith(("train", "baseline_train", "paddlerec")):
-                recipe = f"{statistics.median(rates) / base_recipe:.1f}x"
-            loop = self.median(key, "loop_rate")
-            compute = (
-                self.median("compute_" + key.split("_")[1]) if key.startswith("train") else None
-            )
-            loop_text = f"{loop:,.0f}" if loop else ""
-            if loop and compute:
-                loop_text += f" ({loop / compute:.0%} of compute)"
-            wall = self.median(key, "wall")
+            c = [r["rate"] for r in compute]
+            w = [r["rate"] for r in whole]
+            state_mb = rows * dim * 4 * 3 / 2**20  # table + lazy Adam's two moments
             lines.append(
-                f"| {what} | {statistics.median(rates):,.0f} | "
-                f"{min(rates):,.0f}–{max(rates):,.0f} | {f'{wall:.1f}' if wall else ''} | "
-                f"{loop_text} | {ratio} | {recipe} | "
-                f"{max(r['rss_mb'] for r in runs):,} | "
-                f"{min(r['load'] for r in runs):.1f}–{max(r['load'] for r in runs):.1f} |"
+                f"| {rows:,} | {engine} | {statistics.median(c):,.0f} ({min(c):,.0f}–"
+                f"{max(c):,.0f}) | {statistics.median(c) / first:.0%} | "
+                f"{statistics.median(w):,.0f} ({min(w):,.0f}–{max(w):,.0f}) | "
+                f"{statistics.median(w) / base:.1f}x | "
+                f"{max(r['rss_mb'] for r in whole):,} | {state_mb:,.0f} |"
             )
-        return "\n".join(lines) + "\n"
+    lines.append(
+        f"\nBaseline (PaddleRec-style line-by-line reader, dygraph, whole process): "
+        f"{base:,.0f} samples/s (median). Load average during the runs: "
+        f"{min(r['load'] for v in bench.results.values() for r in v):.1f}–"
+        f"{max(r['load'] for v in bench.results.values() for r in v):.1f}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def quality_table(bench: Bench) -> str:
+    """Per embedding optimizer, the test value of each AUC the model declares."""
+    metrics = bench.auc_metrics  # [(name, title)]
+    lines = [
+        bench.heading(),
+        "",
+        "| embedding optimizer | " + " | ".join(f"test {title}" for _, title in metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for i, (what, _) in enumerate(QUALITY):
+        (r,) = bench.results[f"quality@{i}"]
+        values = " | ".join(f"{r['test'][name]:.4f}" for name, _ in metrics)
+        lines.append(f"| {what} | {values} |")
+    return "\n".join(lines) + "\n"
 
 
 def update_doc(
@@ -832,15 +845,15 @@ def main(argv=None) -> int:
     begin, end = TABLE_BEGIN, TABLE_END
     if args.vocab:
         bench.run_vocab(args.vocab)
-        table = bench.vocab_table(args.vocab, dim=12)
+        table = vocab_table(bench, args.vocab, dim=12)
         begin, end = VOCAB_BEGIN, VOCAB_END
     elif args.quality:
         bench.run_quality()
-        table = bench.quality_table()
+        table = quality_table(bench)
         begin, end = QUALITY_BEGIN, QUALITY_END
     else:
         bench.run_all(set(args.only) if args.only else None)
-        table = bench.table()
+        table = speed_table(bench)
     print(table)
     table_path = args.table or os.path.join(args.workdir, "table.md")
     with open(table_path, "w") as f:

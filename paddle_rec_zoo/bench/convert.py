@@ -35,12 +35,24 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_rec_zoo.data.ali_ccp import (
+    HISTORY_FIELDS,
+    PROFILE_CARDINALITY,
+    PROFILE_FIELDS,
+    RAW_COMMON,
+    RAW_SKELETON,
+    RAW_SPLITS,
+)
+
 # the repository: the package is installed from it in place (requirements.txt: `-e .`)
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "datasets" / "ali-ccp"
-PROFILE = ("121", "122", "124", "125", "126", "127", "128", "129")
-PROFILE_CARD = (97, 13, 2, 7, 3, 3, 2, 4)
-HISTORY = (("150_14", 190), ("127_14", 100), ("109_14", 40), ("110_14", 90))  # mean lengths
+HISTORY_MEAN_LEN = {  # mean length of a user history list
+    "150_14": 190,
+    "127_14": 100,
+    "109_14": 40,
+    "110_14": 90,
+}
 SINGLE_ITEM = ("205", "206", "207", "216", "508", "509", "702", "301")
 # Pool sizes of the fields' ids (ids are drawn skewed towards the head).
 POOL = {"205": 100_000, "206": 5_000, "207": 50_000, "216": 20_000, "508": 2_000,
@@ -63,11 +75,12 @@ def write_common(path: Path, keys: list[str], rng: np.random.Generator) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for key in keys:
             fields, ids, vals = ["101"], [int(rng.integers(1, 10**8))], ["1.0"]
-            for f, card in zip(PROFILE, PROFILE_CARD, strict=True):
+            for f in PROFILE_FIELDS:
                 fields.append(f)
-                ids.append(int(rng.integers(1, card + 1)) * 7919 + 13)
+                ids.append(int(rng.integers(1, PROFILE_CARDINALITY[f] + 1)) * 7919 + 13)
                 vals.append("1.0")
-            for f, mean in HISTORY:
+            for f in HISTORY_FIELDS:
+                mean = HISTORY_MEAN_LEN[f]
                 n = int(rng.integers(0, 2 * mean + 1))
                 fields += [f] * n
                 ids += (_skewed(rng, POOL[f], n) * 15485863 + 101).tolist()
@@ -114,10 +127,10 @@ def write_fixture(out: Path, users: int, train_rows: int, seed: int = 0) -> dict
     for split, n_rows in (("train", train_rows), ("test", train_rows // 4)):
         rng = np.random.default_rng([seed, users, 0 if split == "train" else 1])
         keys = [f"{h:016x}" for h in rng.integers(0, 2**63, users).tolist()]
-        common = out / f"common_features_{split}.csv"
+        common = out / RAW_COMMON.format(split)
         if not common.exists():
             write_common(common, keys, rng)
-        skel = out / f"sample_skeleton_{split}.csv"
+        skel = out / RAW_SKELETON.format(split)
         write_skeleton(skel, keys, n_rows, np.random.default_rng([seed, n_rows, len(split)]))
         sizes[split] = n_rows
     return sizes
@@ -286,7 +299,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             write_fixture(raw, args.users, train_rows)
             in_bytes = sum(f.stat().st_size for f in raw.iterdir())
-            skel = sum((raw / f"sample_skeleton_{s}.csv").stat().st_size for s in ("train", "test"))
+            skel = sum((raw / RAW_SKELETON.format(s)).stat().st_size for s in RAW_SPLITS)
             print(f"x{scale:g}: fixture {in_bytes / 1e6:.1f} MB (skeletons {skel / 1e6:.1f} MB) "
                   f"written in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
             out = (

@@ -35,6 +35,7 @@ import threading
 import time
 
 from paddle_rec_zoo.bench import benchmark  # its run_process, machine() and update_doc()
+from paddle_rec_zoo.data.ali_ccp import RAW_FILES
 
 ROOT = benchmark.ROOT
 CONFIG = os.path.join(benchmark.MODEL_DIR, "config_bigdata.yaml")
@@ -78,7 +79,16 @@ STAGES = [
     ("infer_inference", "evaluation: `static_infer.py -o runner.use_inference=True`", "test"),
     ("infer_dygraph", "evaluation: `infer.py`", "test"),
 ]
-AUC = re.compile(r"auc_ctr ([\d.]+) auc_cvr ([\d.]+) auc_ctcvr ([\d.]+)")
+# An evaluation's log line: `<label> [<engine>]: <metric> <value> ... (samples N, ...)`, one pair
+# per metric the model declares (paddle_rec_zoo.run.loop.metric_text).
+EVAL_METRICS = re.compile(r"\[\w+\]: ((?:[^\s(]\S* (?:-?[\d.]+|nan)(?: |$))+)", re.M)
+
+
+def eval_metrics(text: str) -> dict[str, float]:
+    """{name: value} of the last evaluation a tool logged (empty if none)."""
+    found = EVAL_METRICS.findall(text)
+    words = found[-1].split() if found else []
+    return {name: float(value) for name, value in zip(words[::2], words[1::2], strict=True)}
 
 
 def disk_bytes(path: str) -> int:
@@ -118,18 +128,20 @@ class DiskPeak:
 
 
 def read_settings() -> dict:
-    """config_bigdata.yaml's batch size, embedding width and ids per row, resolved as the tools
-    resolve it (imports Paddle: call it in a child process, see `bigdata_settings`)."""
+    """config_bigdata.yaml's batch size, embedding width, ids per row and the AUCs its model
+    declares, resolved as the tools resolve them (imports Paddle: call it in a child process, see `bigdata_settings`)."""
     from paddle_rec_zoo.run.config import load_config
     from paddle_rec_zoo.run.model_loader import load_model_module
 
     adapter = load_model_module(benchmark.MODEL_DIR, "dygraph_model")
     config = load_config(CONFIG, [], adapter.DygraphModel.hyper_parameters_class)
     hp = config.hyper_parameters
+    spec = adapter.DygraphModel.network.spec(hp)
     return {
         "batch_size": config.runner.train_batch_size,
         "dim": hp.sparse_feature_dim,
         "width": hp.layout().width,
+        "auc_metrics": [m.name for m in spec.metrics if m.kind == "auc"],
     }
 
 
@@ -166,6 +178,7 @@ class Rehearsal:
         self.batch_size = settings["batch_size"]
         self.dim = settings["dim"]
         self.width = settings["width"]
+        self.auc_names = settings.get("auc_metrics", [])  # reported of every evaluation
 
     # ------------------------------------------------------------------ running
     def run(self):
@@ -181,7 +194,7 @@ class Rehearsal:
         self.raw_bytes = sum(
             os.path.getsize(os.path.join(self.raw, f))
             for f in os.listdir(self.raw)
-            if f.startswith(("sample_skeleton_", "common_features_"))
+            if f in RAW_FILES
         )
         # run.sh runs the converter with $PYTHON: this interpreter, not whichever is on PATH
         convert = ["env", f"PYTHON={py}", "sh", RUN_SH, "--raw", self.raw, "--out", self.data]
@@ -233,9 +246,9 @@ class Rehearsal:
             result["loop_rate"] = benchmark.loop_rate(text, "train")
         elif key.startswith("infer"):
             result["loop_rate"] = benchmark.loop_rate(text, "test")
-            found = AUC.findall(text)
-            if found:
-                result["auc"] = [float(x) for x in found[-1]]
+            metrics = eval_metrics(text)
+            if self.auc_names and all(name in metrics for name in self.auc_names):
+                result["auc"] = [metrics[name] for name in self.auc_names]
         self.results[key] = result
         print(f"  {wall:.1f} s, peak RSS {rss:,} MB", flush=True)
 
@@ -306,7 +319,8 @@ class Rehearsal:
             f"{max(r['load'] for r in self.results.values()):.1f}.",
             "",
             "| stage | rows | input MB | wall s | rows/s | in-loop samples/s | peak RSS MB | "
-            "test AUC ctr / cvr / ctcvr | full Ali-CCP: wall | full Ali-CCP: peak RSS MB |",
+            f"test {' / '.join(self.auc_names) or 'AUCs'} | full Ali-CCP: wall | "
+            "full Ali-CCP: peak RSS MB |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         inputs = {

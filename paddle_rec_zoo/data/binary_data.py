@@ -51,7 +51,7 @@ def is_dataset(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, MARKER))
 
 
-class BinaryPart:
+class BinarySplit:
     """One split of the binary data set, read for a reader's field layout.
 
     Args:

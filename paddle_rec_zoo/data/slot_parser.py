@@ -75,6 +75,41 @@ def _pack_name(name: str) -> int:
     return int.from_bytes(raw + b"\0" * (MAX_FIELD_BYTES - len(raw)), "little")
 
 
+def _line_buffer(data: bytes) -> np.ndarray:
+    """The bytes as uint8, ending with a newline, without CRs (CRLF line ends, stray CRs)."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size and buf[-1] != _NL:
+        buf = np.concatenate([buf, np.array([_NL], np.uint8)])
+    if (buf == _CR).any():
+        buf = buf[buf != _CR]
+    return buf
+
+
+class _Tokens:
+    """The tokens of whole slot lines (separated by ',' or '\\n'): per token its `start`, `end`,
+    `length`, line (`line_of`) and `index` in its line; per line its first token (`first_tok`),
+    token count (`n_tok`), whether it is empty, and `bad_line` (short lines so far; the parsing
+    steps mark more)."""
+
+    def __init__(self, buf: np.ndarray, n_head: int):
+        self.n_head = n_head
+        is_sep = (buf == _COMMA) | (buf == _NL)
+        self.end = np.flatnonzero(is_sep)
+        self.start = np.empty_like(self.end)
+        self.start[0:1] = 0
+        self.start[1:] = self.end[:-1] + 1
+        ends_line = buf[self.end] == _NL
+        self.n_lines = int(ends_line.sum())
+        self.line_of = np.zeros(len(self.end), np.int64)
+        self.line_of[1:] = np.cumsum(ends_line[:-1])
+        self.first_tok = np.flatnonzero(np.concatenate(([True], ends_line[:-1])))
+        self.index = np.arange(len(self.end)) - self.first_tok[self.line_of]
+        self.length = self.end - self.start
+        self.n_tok = np.bincount(self.line_of, minlength=self.n_lines)
+        self.empty_line = (self.n_tok == 1) & (self.length[self.first_tok] == 0)
+        self.bad_line = (self.n_tok < n_head) & ~self.empty_line
+
+
 class SlotParser:
     """Parse slot text into `Columns`.
 
@@ -157,57 +192,46 @@ class SlotParser:
         self, data: bytes, source: str = "<bytes>", first_line: int = 0, bad: BadLines | None = None
     ) -> Columns:
         """Parse whole lines. `first_line` is the number of lines before `data` in `source`."""
-        n_head = 1 + len(self.label_names)
-        width = self.layout.width
-        buf = np.frombuffer(data, dtype=np.uint8)
-        if buf.size and buf[-1] != _NL:
-            buf = np.concatenate([buf, np.array([_NL], np.uint8)])
-        if (buf == _CR).any():  # CRLF line ends (or stray CRs): drop every CR
-            buf = buf[buf != _CR]
-
-        # --- tokens: separated by ',' or '\n'
-        is_sep = (buf == _COMMA) | (buf == _NL)
-        tok_end = np.flatnonzero(is_sep)
-        tok_start = np.empty_like(tok_end)
-        tok_start[0:1] = 0
-        tok_start[1:] = tok_end[:-1] + 1
-        ends_line = buf[tok_end] == _NL
-        n_lines = int(ends_line.sum())
-        line_of = np.zeros(len(tok_end), np.int64)
-        line_of[1:] = np.cumsum(ends_line[:-1])
-        first_tok = np.flatnonzero(np.concatenate(([True], ends_line[:-1])))
-        tok_idx = np.arange(len(tok_end)) - first_tok[line_of]
-        tok_len = tok_end - tok_start
-        n_tok = np.bincount(line_of, minlength=n_lines)
-        empty_line = (n_tok == 1) & (tok_len[first_tok] == 0)
-        bad_line = (n_tok < n_head) & ~empty_line
-
+        buf = _line_buffer(data)
+        toks = _Tokens(buf, 1 + len(self.label_names))
         # every byte offset as the start of an unaligned little-endian uint64 (8 bytes at once)
         words = byte_words(buf)
+        sample_id, labels = self._parse_head(buf, words, toks)
+        line, field, value = self._parse_features(buf, words, toks)
+        if toks.bad_line.any():
+            self._report_bad_lines(buf, toks, source, first_line, bad)
+        ids = self._scatter(line, field, value, toks.n_lines)
+        keep = ~(toks.bad_line | toks.empty_line)
+        return Columns(ids[keep], labels[keep], sample_id[keep])
 
-        # --- head columns: sample_id, labels
-        full = (n_tok >= n_head) & ~empty_line
-        sample_id = np.zeros(n_lines, np.int64)
-        labels = np.zeros((n_lines, len(self.label_names)), np.int8)
+    def _parse_head(self, buf, words, toks: _Tokens):
+        """The head columns of each line: sample_id [lines] and labels [lines, k] (0 where the
+        line is short); marks lines whose head is malformed bad."""
+        full = (toks.n_tok >= toks.n_head) & ~toks.empty_line
+        sample_id = np.zeros(toks.n_lines, np.int64)
+        labels = np.zeros((toks.n_lines, len(self.label_names)), np.int8)
         head_lines = np.flatnonzero(full)
-        t0 = first_tok[head_lines]
-        sample_id[head_lines], ok = parse_uints(buf, words, tok_start[t0], tok_end[t0])
-        bad_line[head_lines[~ok]] = True
+        t0 = toks.first_tok[head_lines]
+        sample_id[head_lines], ok = parse_uints(buf, words, toks.start[t0], toks.end[t0])
+        toks.bad_line[head_lines[~ok]] = True
         for j in range(len(self.label_names)):
             t = t0 + 1 + j
-            byte = buf[tok_start[t]]
-            ok = (tok_len[t] == 1) & ((byte == _ZERO) | (byte == _ZERO + 1))
+            byte = buf[toks.start[t]]
+            ok = (toks.length[t] == 1) & ((byte == _ZERO) | (byte == _ZERO + 1))
             labels[head_lines, j] = (byte == _ZERO + 1) & ok
-            bad_line[head_lines[~ok]] = True
+            toks.bad_line[head_lines[~ok]] = True
+        return sample_id, labels
 
-        # --- feature tokens: after the head, containing ':'
+    def _parse_features(self, buf, words, toks: _Tokens):
+        """The feature tokens of the layout's fields, after the head: (line, field, feasign) of
+        each, in file order; marks lines with a malformed or out-of-range feasign bad."""
         # a field name is 1 to 8 bytes, so its ':' is one of the 8 bytes after the token start
-        feat = np.flatnonzero((tok_idx >= n_head) & (tok_len >= 2))
-        fstart = tok_start[feat]
+        feat = np.flatnonzero((toks.index >= toks.n_head) & (toks.length >= 2))
+        fstart = toks.start[feat]
         name_len = _first_byte(words[fstart + 1], _COLON) + 1  # 9 = no ':' in reach
-        has = name_len < np.minimum(tok_len[feat], MAX_FIELD_BYTES + 1)
+        has = name_len < np.minimum(toks.length[feat], MAX_FIELD_BYTES + 1)
         feat, fstart, name_len = feat[has], fstart[has], name_len[has]
-        colon, fend = fstart + name_len, tok_end[feat]
+        colon, fend = fstart + name_len, toks.end[feat]
         key = words[fstart] & _LOW_BYTES[name_len]
         pos = np.searchsorted(self._keys_sorted, key)
         pos_c = np.minimum(pos, len(self._keys_sorted) - 1)
@@ -219,22 +243,23 @@ class SlotParser:
             value = fold_ids(value, self.id_limit)
         elif self.id_limit is not None:
             ok &= value < self.id_limit
-        bad_line[line_of[feat[~ok]]] = True
-        line = line_of[feat]
+        toks.bad_line[toks.line_of[feat[~ok]]] = True
+        return toks.line_of[feat], field, value
 
-        # --- bad lines: stop with the first, or skip them all
-        if bad_line.any():
-            bad = bad if bad is not None else BadLines()
-            for i in np.flatnonzero(bad_line):
-                where = f"{source}:{first_line + i + 1}"
-                start = tok_start[first_tok[i]]
-                end = tok_end[first_tok[i] + n_tok[i] - 1]
-                message = f"{where}: {self.explain_line(bytes(buf[start:end]))}"
-                if not self.skip_bad:
-                    raise UserError(message)
-                bad.add(message)
+    def _report_bad_lines(self, buf, toks: _Tokens, source, first_line, bad):
+        """Stop at the first bad line, or (skip_bad) add them all to `bad`."""
+        bad = bad if bad is not None else BadLines()
+        for i in np.flatnonzero(toks.bad_line):
+            where = f"{source}:{first_line + i + 1}"
+            start = toks.start[toks.first_tok[i]]
+            end = toks.end[toks.first_tok[i] + toks.n_tok[i] - 1]
+            message = f"{where}: {self.explain_line(bytes(buf[start:end]))}"
+            if not self.skip_bad:
+                raise UserError(message)
+            bad.add(message)
 
-        # --- scatter feasigns: the first max_len of each (line, field), in file order
+    def _scatter(self, line, field, value, n_lines: int) -> np.ndarray:
+        """ids [lines, width]: the first max_len feasigns of each (line, field), in file order."""
         group = line * len(self.layout.names) + field
         order = np.argsort(group, kind="stable")
         group_sorted = group[order]
@@ -243,11 +268,9 @@ class SlotParser:
         rank = np.arange(len(order)) - first
         sel = order[rank < self._max_lens[field[order]]]
         rank_sel = rank[rank < self._max_lens[field[order]]]
-        ids = np.zeros((n_lines, width), np.int64)
+        ids = np.zeros((n_lines, self.layout.width), np.int64)
         ids[line[sel], self._offsets[field[sel]] + rank_sel] = value[sel]
-
-        keep = ~(bad_line | empty_line)
-        return Columns(sample_id[keep], labels[keep], ids[keep])
+        return ids
 
     # ------------------------------------------------------------------ messages
     def explain_line(self, line: bytes) -> str:

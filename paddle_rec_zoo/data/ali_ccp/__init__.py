@@ -10,7 +10,7 @@ Ali-CCP (a purchase without a click) and are dropped and counted.
 
 from __future__ import annotations
 
-from paddle_rec_zoo.data.binary_data import BinaryPart
+from paddle_rec_zoo.data.binary_data import BinarySplit
 from paddle_rec_zoo.data.slot_parser import BadLines, SlotParser
 
 # The 23 Ali-CCP fields in PaddleRec's order (user id, user histories, user profile, item,
@@ -21,6 +21,20 @@ FIELDS = (
     "101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126", "127",
     "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301",
 )  # fmt: skip
+# The user-profile fields, with the number of values each takes in the real data, and the
+# user-history fields in the order they appear on a raw line (the synthetic generator and the
+# converter benchmark's fixture draw from these).
+PROFILE_CARDINALITY = {
+    "121": 97, "122": 13, "124": 2, "125": 7, "126": 3, "127": 3, "128": 2, "129": 4,
+}  # fmt: skip
+PROFILE_FIELDS = tuple(PROFILE_CARDINALITY)
+HISTORY_FIELDS = ("150_14", "127_14", "109_14", "110_14")
+# The raw Tianchi files (data set 408) of each split: its impressions (skeleton) and its users'
+# common features, as the converter reads them and the synthetic generator writes them.
+RAW_SPLITS = ("train", "test")
+RAW_SKELETON = "sample_skeleton_{}.csv"
+RAW_COMMON = "common_features_{}.csv"
+RAW_FILES = tuple(name.format(s) for name in (RAW_SKELETON, RAW_COMMON) for s in RAW_SPLITS)
 LABELS = ("click", "buy")  # the label columns of a line, in order
 NOISE = "click=0,buy=1 rows (a buy without a click is noise in Ali-CCP)"
 
@@ -54,10 +68,10 @@ class Reader:
             "hash_ids": self.hash_ids,
         }
 
-    def open_binary(self, path: str) -> BinaryPart:
+    def open_binary(self, path: str) -> BinarySplit:
         """The binary data set in folder `path` (the converter's default output), for this
         reader's fields: its rows hold the ids the slot text of the same data would give."""
-        return BinaryPart(
+        return BinarySplit(
             path,
             self.layout,
             self.label_names,

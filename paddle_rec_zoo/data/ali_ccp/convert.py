@@ -60,7 +60,14 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_rec_zoo.data.ali_ccp import raw_write, vocabulary
+from paddle_rec_zoo.data.ali_ccp import (
+    RAW_COMMON,
+    RAW_FILES,
+    RAW_SKELETON,
+    RAW_SPLITS,
+    raw_write,
+    vocabulary,
+)
 from paddle_rec_zoo.data.ali_ccp.raw_parse import (
     KEY_SHIFT,
     explain_line,
@@ -73,11 +80,9 @@ from paddle_rec_zoo.data.ali_ccp.raw_parse import (
 )
 from paddle_rec_zoo.data.ali_ccp.raw_pool import Progress, TaskError, io_message, run_tasks
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.schema import field_name_problem
 
 FEASIGN_ORDER = vocabulary.FEASIGN_ORDER  # the default --fields, in feasign order
-SPLITS = ("train", "test")
-SKELETON = "sample_skeleton_{}.csv"
-COMMON = "common_features_{}.csv"
 FORMATS = ("binary", "slot")
 EXIT_USER_ERROR = 2
 # Read by each conversion (tests make them small to exercise block and task edges).
@@ -239,7 +244,7 @@ def _skeleton_task(ctx, task, progress):
             if not found.all():
                 o = int(b.line_start[np.flatnonzero(~found)[0]])
                 cfi_text = buf[o : buf.index(b"\n", o)].split(b",")[3].decode("utf-8", "replace")
-                msg = f"common_feature_index {cfi_text!r} is not in {COMMON.format(split)}"
+                msg = f"common_feature_index {cfi_text!r} is not in {RAW_COMMON.format(split)}"
                 ctx.bad(path, off + o, msg, int((~found).sum()), res, key="missing")
             noise = (b.click == 0) & (b.buy == 1)
             res["noise"] += int((noise & found).sum())
@@ -312,7 +317,7 @@ class _Encoder:
         if ctx.fmt == "slot":
             self.file, self.blobs = raw_write.ArrayFile(out), raw_write.Blobs(ctx.blobs[split])
         else:
-            self.file, self.blobs = raw_write.BinaryPart(out), None
+            self.file, self.blobs = raw_write.PartWriter(out), None
 
     def write(self, src, hstart, hlen, cid, keys, frow):
         fs = self.ctx.vocab.lookup(keys)
@@ -350,6 +355,17 @@ def _check_output(out_dir: Path, force: bool):
             raise UserError(f"{p} already exists and is not empty; use --force to replace it")
 
 
+def _check_fields(fields):
+    """The fields to convert must be names every reader accepts (the binary format also keeps a
+    feasign's field in one byte): checked before anything is written."""
+    if len(set(fields)) != len(fields) or not 0 < len(fields) < 256:
+        raise UserError(f"--fields: 1 to 255 distinct names, got {list(fields)}")
+    for name in fields:
+        problem = field_name_problem(name)
+        if problem:
+            raise UserError(f"--fields: {problem}")
+
+
 def convert(
     raw_dir,
     out_dir,
@@ -378,11 +394,7 @@ def convert(
     t0 = time.time()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     fields = tuple(fields) if fields else FEASIGN_ORDER
-    if len(set(fields)) != len(fields) or not 0 < len(fields) < 256:
-        raise UserError(f"--fields: 1 to 255 distinct names, got {list(fields)}")
-    for f in fields:
-        if not f or any(c in f for c in ",:\x01\x02\x03\n"):
-            raise UserError(f"--fields: bad field name {f!r}")
+    _check_fields(fields)
     if fmt not in FORMATS:
         raise UserError(f"--format: one of {', '.join(FORMATS)}, got {fmt!r}")
     if min_count < 1:
@@ -393,13 +405,13 @@ def convert(
     if vocab is not None:
         base = (vocabulary.read_vocab(vocab, fields), str(vocab), bool(freeze_vocab))
     inputs = {}
-    for split in SPLITS:
-        for pat in (SKELETON, COMMON):
+    for split in RAW_SPLITS:
+        for pat in (RAW_SKELETON, RAW_COMMON):
             p = raw_dir / pat.format(split)
             if not p.is_file():
                 raise UserError(
-                    f"raw file not found: {p} (expected sample_skeleton_{{train,test}}.csv and "
-                    "common_features_{train,test}.csv from Tianchi data set 408)"
+                    f"raw file not found: {p} (expected {', '.join(RAW_FILES)} from Tianchi "
+                    "data set 408)"
                 )
             inputs[p.name] = p
     _check_output(out_dir, force)
@@ -447,6 +459,24 @@ def _install(tmp: Path, out_dir: Path):
         os.replace(tmp / name, out_dir / name)
 
 
+@dataclasses.dataclass
+class _CommonParts:
+    """The byte ranges of both common-features files (step 1's tasks, in split order), the
+    split of each, its parse result, and the rows of each split's file."""
+
+    tasks: list
+    split_of: list
+    results: list
+    rows: dict = dataclasses.field(default_factory=dict)
+
+    def of(self, split: str) -> list[int]:
+        return [i for i, sp in enumerate(self.split_of) if sp == split]
+
+    def key_bytes(self, split: str) -> int:
+        """Bytes of the split's key side files."""
+        return sum(int(self.results[i]["sizes"].sum()) * 8 for i in self.of(split))
+
+
 class _Conversion:
     """The five steps of a conversion (module docstring), each a pool of worker tasks."""
 
@@ -470,110 +500,129 @@ class _Conversion:
             bar.close()
 
     def run(self, min_count, base):
-        ctx, meta, inputs, work = self.ctx, self.meta, self.inputs, self.work
-        # 1. Common features of both splits -> key side files + indexes.
-        ctasks, split_of = [], []
-        for split in SPLITS:
-            cpath = inputs[COMMON.format(split)]
-            for i, (a, z) in enumerate(self.ranges(cpath)):
-                ctasks.append((cpath, a, z, work / f"common-{split}-{i:05d}.keys"))
-                split_of.append(split)
-        csize = sum(inputs[COMMON.format(split)].stat().st_size for split in SPLITS)
-        cres = self.pool(_common_task, ctasks, "common features (parse)", csize)
-        n_common = {}
-        for split in SPLITS:
-            res = [r for r, sp in zip(cres, split_of, strict=True) if sp == split]
-            path = inputs[COMMON.format(split)]
-            ctx.common_index[split], n_common[split] = _build_index(res, path, ctx.skip_bad, meta)
+        common = self.parse_common()
+        train_tasks, counts = self.count_train_skeleton(common)
+        self.count_common_train(common, counts)
+        self.number(*counts.result(), min_count, base)
+        counts.parts.clear()  # free the merged counts before the encoding passes
+        encoded_common = self.encode_common(common)
+        self.encode_skeletons(train_tasks, encoded_common)
+        self.summary()
 
-        # 2. Train skeleton, pass 1: counts.
-        spath = inputs[SKELETON.format("train")]
-        stasks = [
-            (spath, a, z, None, "count", work / f"skeleton-train-{i:05d}.npy", "train")
+    def parse_common(self) -> _CommonParts:
+        """Step 1: the common features of both splits -> key side files, and each split's
+        index (into the context)."""
+        tasks, split_of = [], []
+        for split in RAW_SPLITS:
+            cpath = self.inputs[RAW_COMMON.format(split)]
+            for i, (a, z) in enumerate(self.ranges(cpath)):
+                tasks.append((cpath, a, z, self.work / f"common-{split}-{i:05d}.keys"))
+                split_of.append(split)
+        csize = sum(self.inputs[RAW_COMMON.format(split)].stat().st_size for split in RAW_SPLITS)
+        results = self.pool(_common_task, tasks, "common features (parse)", csize)
+        common = _CommonParts(tasks, split_of, results)
+        for split in RAW_SPLITS:
+            res = [results[i] for i in common.of(split)]
+            path = self.inputs[RAW_COMMON.format(split)]
+            self.ctx.common_index[split], common.rows[split] = _build_index(
+                res, path, self.ctx.skip_bad, self.meta
+            )
+        return common
+
+    def count_train_skeleton(self, common: _CommonParts):
+        """Step 2: the train skeleton's key counts and its references to common rows (into the
+        context). Returns its tasks (their side files feed step 5) and the counts."""
+        spath = self.inputs[RAW_SKELETON.format("train")]
+        tasks = [
+            (spath, a, z, None, "count", self.work / f"skeleton-train-{i:05d}.npy", "train")
             for i, (a, z) in enumerate(self.ranges(spath))
         ]
-        refcount = np.zeros(n_common["train"], np.int64)
+        refcount = np.zeros(common.rows["train"], np.int64)
         counts = vocabulary.Counts()
 
         def fold(r):
             refcount[:] += r["refcount"]
             counts.add(*r["counts"])
 
-        self.pool(_skeleton_task, stasks, "train skeleton (count)", spath.stat().st_size, fold)
+        self.pool(_skeleton_task, tasks, "train skeleton (count)", spath.stat().st_size, fold)
+        self.ctx.refcount = refcount
+        return tasks, counts
 
-        # 3. Weighted counts of the common train keys, then the vocabulary.
-        ctx.refcount = refcount
+    def count_common_train(self, common: _CommonParts, counts: vocabulary.Counts):
+        """Step 3: the common train keys, weighted by their reference counts, into `counts`."""
         wtasks, row0 = [], 0
-        for t, r, sp in zip(ctasks, cres, split_of, strict=True):
-            if sp == "train":
-                wtasks.append((t[3], row0, r["sizes"]))
-                row0 += len(r["sizes"])
-        key_bytes = {sp: 0 for sp in SPLITS}
-        for r, sp in zip(cres, split_of, strict=True):
-            key_bytes[sp] += int(r["sizes"].sum()) * 8
+        for i in common.of("train"):
+            wtasks.append((common.tasks[i][3], row0, common.results[i]["sizes"]))
+            row0 += len(common.results[i]["sizes"])
         desc = "train common (count)"
-        self.pool(_weighted_task, wtasks, desc, key_bytes["train"], lambda r: counts.add(*r))
-        self.number(*counts.result(), min_count, base)
-        counts.parts.clear()  # free the merged counts before the encoding passes
+        total = common.key_bytes("train")
+        self.pool(_weighted_task, wtasks, desc, total, lambda r: counts.add(*r))
 
-        # 4. The common rows of both splits with that vocabulary: slot text, or feasigns.
-        slot = ctx.fmt == "slot"
+    def encode_common(self, common: _CommonParts) -> dict:
+        """Step 4: the common rows of both splits with the vocabulary, as slot text or feasigns.
+        Returns, per split, its encoded files and the size of each of their rows."""
+        slot = self.ctx.fmt == "slot"
         rtasks = [
-            (t[3], r["sizes"], work / f"common-{sp}-{i:05d}.{'txt' if slot else 'ids'}")
-            for i, (t, r, sp) in enumerate(zip(ctasks, cres, split_of, strict=True))
+            (t[3], r["sizes"], self.work / f"common-{sp}-{i:05d}.{'txt' if slot else 'ids'}")
+            for i, (t, r, sp) in enumerate(
+                zip(common.tasks, common.results, common.split_of, strict=True)
+            )
         ]
-        rres = self.pool(
-            _encode_common_task, rtasks, "common features (encode)", sum(key_bytes.values())
-        )
-        common_parts = {}
-        for split in SPLITS:
-            mine = [i for i, sp in enumerate(split_of) if sp == split]
-            common_parts[split] = [(rtasks[i][2], rres[i]["sizes"]) for i in mine]
+        total = sum(common.key_bytes(split) for split in RAW_SPLITS)
+        rres = self.pool(_encode_common_task, rtasks, "common features (encode)", total)
+        encoded = {}
+        for split in RAW_SPLITS:
+            mine = common.of(split)
+            encoded[split] = [(rtasks[i][2], rres[i]["sizes"]) for i in mine]
             if slot:
-                files, lens = (
-                    [p for p, _ in common_parts[split]],
-                    [n for _, n in common_parts[split]],
-                )
-                ctx.blobs[split] = raw_write.blob_index(files, lens)  # (no files: empty split)
-            meta["splits"][split] = {
+                files, lens = [p for p, _ in encoded[split]], [n for _, n in encoded[split]]
+                self.ctx.blobs[split] = raw_write.blob_index(files, lens)  # (no files: empty)
+            self.meta["splits"][split] = {
                 "common_tokens": sum(rres[i]["tokens"] for i in mine),
                 "common_tokens_not_in_vocab": sum(rres[i]["unseen"] for i in mine),
             }
+        return encoded
 
-        # 5. Both skeletons: train from pass 1's side files (each deleted when done), test parsed.
+    def encode_skeletons(self, train_tasks, encoded_common: dict):
+        """Step 5: both skeletons, train from pass 1's side files (each deleted when done), test
+        parsed; binary parts are then joined with the split's common rows into its data set."""
         etasks, sizes = [], {}
-        for split in SPLITS:
-            path = inputs[SKELETON.format(split)]
+        for split in RAW_SPLITS:
+            path = self.inputs[RAW_SKELETON.format(split)]
             (self.tmp / f"{split}_data").mkdir()
             if split == "train":
-                parts = [(t[0], t[1], t[2], t[5]) for t in stasks]
+                parts = [(t[0], t[1], t[2], t[5]) for t in train_tasks]
             else:
                 parts = [(path, a, z, None) for a, z in self.ranges(path)]
             for i, (pth, a, z, cache) in enumerate(parts):
-                if slot:
-                    out = self.tmp / f"{split}_data" / f"part-{i:05d}.txt"
-                else:
-                    out = work / f"{split}-part-{i:05d}"
-                etasks.append((pth, a, z, out, "encode", cache, split))
+                etasks.append((pth, a, z, self.part_path(split, i), "encode", cache, split))
             sizes[split] = path.stat().st_size
         eres = self.pool(_skeleton_task, etasks, "skeletons (encode)", sum(sizes.values()))
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             mine = [(t, r) for t, r in zip(etasks, eres, strict=True) if t[6] == split]
-            _split_meta(split, inputs[SKELETON.format(split)], mine, meta)
-            if not slot:
-                folder = self.tmp / f"{split}_data"
-                try:
-                    parts = [t[3] for t, _ in mine]
-                    numbered = ctx.vocab.numbered
-                    raw_write.join_parts(
-                        folder, parts, common_parts[split], ctx.fields, numbered, meta
-                    )
-                except OSError as e:
-                    raise UserError(io_message(e)) from None
-                meta["splits"][split]["files"] = sorted(
-                    f"{split}_data/{p.name}" for p in folder.iterdir()
-                )
-        self.summary()
+            _split_meta(split, self.inputs[RAW_SKELETON.format(split)], mine, self.meta)
+            if self.ctx.fmt != "slot":
+                self.join_binary(split, [t[3] for t, _ in mine], encoded_common[split])
+
+    def part_path(self, split: str, i: int) -> Path:
+        """Where the i-th encoded part of a skeleton goes: a slot file of the output, or a
+        binary part to be joined."""
+        if self.ctx.fmt == "slot":
+            return self.tmp / f"{split}_data" / f"part-{i:05d}.txt"
+        return self.work / f"{split}-part-{i:05d}"
+
+    def join_binary(self, split: str, parts: list, encoded_common: list):
+        folder = self.tmp / f"{split}_data"
+        try:
+            numbered = self.ctx.vocab.numbered
+            raw_write.join_parts(
+                folder, parts, encoded_common, self.ctx.fields, numbered, self.meta
+            )
+        except OSError as e:
+            raise UserError(io_message(e)) from None
+        self.meta["splits"][split]["files"] = sorted(
+            f"{split}_data/{p.name}" for p in folder.iterdir()
+        )
 
     def number(self, keys, cnt, min_count, base):
         """Step 3's end: the vocabulary from the counts (and `base`), into the context, the
@@ -598,7 +647,7 @@ class _Conversion:
             raise UserError(f"{len(ctx.vocab)} feasigns do not fit the binary format's int32 ids")
 
     def summary(self):
-        for split in SPLITS:
+        for split in RAW_SPLITS:
             s = self.meta["splits"][split]
             self.log(
                 f"{split}: {s['rows']} rows written, {s['dropped_noise']} click=0,buy=1 rows "

@@ -25,16 +25,16 @@ MAX_DIGITS = 16  # ids below 10**16 < 2**56 fit the key
 _HASH_P = 0x100000001B3  # FNV-1 64-bit prime
 _HASH_MIX = 0x9E3779B97F4A7C15
 _HASH_WORDS = 32  # tokens longer than 256 bytes are hashed on their first 256 bytes
-_U64 = (1 << 64) - 1
+_MASK64 = (1 << 64) - 1
 _LOW_MASK = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], np.uint64)
 
 
 def hash_bytes(token: bytes) -> int:
     """Python twin of `hash_tokens`: fold the 8-byte little-endian words of the token."""
-    h = (len(token) * _HASH_MIX) & _U64
+    h = (len(token) * _HASH_MIX) & _MASK64
     for i in range(0, min(len(token), 8 * _HASH_WORDS), 8):
         w = int.from_bytes(token[i : i + 8], "little")
-        h = ((h ^ w) * _HASH_P) & _U64
+        h = ((h ^ w) * _HASH_P) & _MASK64
     return h
 
 

@@ -1,8 +1,8 @@
 """Writing the converter's outputs: the binary data set's columns and the slot text.
 
 Binary (the default): each byte range of a skeleton writes its rows' columns into a part folder
-(`BinaryPart`); `join_parts` appends the parts, in file order, and the users' common feasigns into
-one data set per split (layout: paddle_rec_zoo/binary_data.py, doc/data.md).
+(`PartWriter`); `join_parts` appends the parts, in file order, and the users' common feasigns into
+one data set per split (layout: paddle_rec_zoo/data/binary_data.py, doc/data.md).
 
 Slot text (``--format slot``): a row is its head ``sample_id,click,buy``, its own
 ``,field:feasign`` tokens (`render_rows`), then its user's common features, rendered once per user
@@ -60,7 +60,7 @@ class ArrayFile:
 # Binary
 
 
-class BinaryPart:
+class PartWriter:
     """The binary columns of one byte range of a skeleton (a folder of `PART_COLUMNS` files),
     appended to the split's columns in file order at the end (`join_parts`)."""
 

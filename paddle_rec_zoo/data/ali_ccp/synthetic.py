@@ -16,7 +16,7 @@ Generative process
 Everything is drawn from numpy generators seeded by ``(seed, stream)``, one stream per stage, so the
 same seed gives the same bytes, and the slot and raw formats describe the same impressions.
 
-World (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are independent.
+Universe (shared by train and test). ``k = latent_dim``; ``N(0, 1)`` draws are independent.
 
 * Item hierarchy. Category ``g`` has a taste vector ``c_g ~ N(0, I_k)`` and a size drawn from a
   Zipf law. Every shop, brand and intention node belongs to one category (many-to-one). An item
@@ -108,30 +108,25 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_rec_zoo.data.ali_ccp import (
+    HISTORY_FIELDS,
+    PROFILE_CARDINALITY,
+    PROFILE_FIELDS,
+    RAW_COMMON,
+    RAW_SKELETON,
+)
 from paddle_rec_zoo.data.ali_ccp.vocabulary import (
     FEASIGN_ORDER as FIELDS,  # feasign ranges in the converter's order
 )
 from paddle_rec_zoo.report.metrics import auc
 
-PROFILE_FIELDS = ("121", "122", "124", "125", "126", "127", "128", "129")
-# Value counts of the real Ali-CCP profile fields.
-PROFILE_CARDINALITY = {
-    "121": 97,
-    "122": 13,
-    "124": 2,
-    "125": 7,
-    "126": 3,
-    "127": 3,
-    "128": 2,
-    "129": 4,
-}
-HISTORY_FIELDS = ("150_14", "127_14", "109_14", "110_14")  # line order of the real data
 USER_FIELDS = ("101", *PROFILE_FIELDS, *HISTORY_FIELDS)
 ITEM_FIELDS = ("205", "206", "207", "210", "216")
 CROSS_FIELDS = ("508", "509", "702", "853")
 
 ZIPF_OFFSET = 10.0  # Zipf-Mandelbrot offset: keeps the head user/item from dominating
 CHUNK_ROWS = 20_000  # rows formatted and written at a time
+_TINY = 1e-12  # keeps a ratio finite when its denominator is 0
 
 # name -> (value in the "default" preset, help). None = scaled with n_train (see help).
 PARAMS: dict[str, tuple[object, str]] = {
@@ -173,7 +168,7 @@ PARAMS: dict[str, tuple[object, str]] = {
 
 PRESETS: dict[str, dict[str, object]] = {
     "default": {},
-    # Tiny world with strong effects and high rates: learnable from a few thousand lines.
+    # Tiny universe with strong effects and high rates: learnable from a few thousand lines.
     "sample": {
         "n_users": 100,
         "n_items": 150,
@@ -260,7 +255,7 @@ def resolve_params(n_train: int, preset: str = "default", **params) -> dict:
     return p
 
 
-# ----------------------------------------------------------------------------- world
+# ----------------------------------------------------------------------------- universe
 
 
 def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -271,7 +266,7 @@ def _zipf(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def _std(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-12)
+    return (x - x.mean()) / (x.std() + _TINY)
 
 
 def _assign(n: int, n_groups: int, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -294,7 +289,7 @@ def _pick_in_group(groups, order, starts, rng):
     return order[lo + (rng.random(len(groups)) * (hi - lo)).astype(np.int64)]
 
 
-class World:
+class Universe:
     """Users, items, their latents and histories: everything shared by train and test."""
 
     def __init__(self, p: dict, seed: int):
@@ -505,20 +500,26 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _features(world: World, users, items, rng) -> dict:
+def _features(universe: Universe, users, items, rng) -> dict:
     """Per-impression context and crosses plus the intercept-free logits."""
-    p = world.p
+    p = universe.p
     n = len(users)
     n_pos = p["n_positions"]
     pos_p = 1.0 / np.arange(1, n_pos + 1)
     position = rng.choice(n_pos, size=n, p=pos_p / pos_p.sum())  # 0-based
     buckets = np.uint64(p["cross_buckets"])
-    cat, shop, brand = world.item_cat[items], world.item_shop[items], world.item_brand[items]
-    nodes = world.item_nodes[items]
-    demo = world.profile["124"][users] * PROFILE_CARDINALITY["125"] + world.profile["125"][users]
-    has_cat = world.in_history("109_14", users, cat)
-    has_shop = world.in_history("110_14", users, shop)
-    has_brand = world.in_history("127_14", users, brand)
+    cat, shop, brand = (
+        universe.item_cat[items],
+        universe.item_shop[items],
+        universe.item_brand[items],
+    )
+    nodes = universe.item_nodes[items]
+    demo = (
+        universe.profile["124"][users] * PROFILE_CARDINALITY["125"] + universe.profile["125"][users]
+    )
+    has_cat = universe.in_history("109_14", users, cat)
+    has_shop = universe.in_history("110_14", users, shop)
+    has_brand = universe.in_history("127_14", users, brand)
     cross = {
         "508": np.where(has_cat, (_mix(demo, cat, 508) % buckets).astype(np.int64), -1),
         "509": np.where(has_shop, (_mix(users, shop, 509) % buckets).astype(np.int64), -1),
@@ -526,7 +527,7 @@ def _features(world: World, users, items, rng) -> dict:
     }
     cols = []
     for j in range(nodes.shape[1]):
-        has = world.in_history("150_14", users, nodes[:, j])
+        has = universe.in_history("150_14", users, nodes[:, j])
         cols.append(np.where(has, (_mix(users, nodes[:, j], 853) % buckets).astype(np.int64), -1))
     for j in range(1, len(cols)):  # two nodes hashed into one bucket: one token
         dup = (cols[j][:, None] == np.stack(cols[:j], 1)).any(1)
@@ -534,16 +535,19 @@ def _features(world: World, users, items, rng) -> dict:
     cross["853"] = np.stack(cols, 1)
     fam = p["familiarity_scale"] * has_shop
     k = p["latent_dim"]
-    buy_taste = np.einsum("ij,ij->i", world.user_u[users], world.item_b[items]) / math.sqrt(k)
+    buy_taste = np.einsum("ij,ij->i", universe.user_u[users], universe.item_b[items]) / math.sqrt(k)
     click_logit = (
-        p["taste_scale"] * world.taste(users, items)
-        + world.item_click_bias[items]
-        + world.user_act[users]
+        p["taste_scale"] * universe.taste(users, items)
+        + universe.item_click_bias[items]
+        + universe.user_act[users]
         - p["position_scale"] * np.log1p(position)
         + fam
     )
     buy_logit = (
-        p["buy_taste_scale"] * buy_taste + world.item_quality[items] + world.user_buy[users] + fam
+        p["buy_taste_scale"] * buy_taste
+        + universe.item_quality[items]
+        + universe.user_buy[users]
+        + fam
     )
     return {
         "position": position,
@@ -564,24 +568,24 @@ def _bisect(fn, target: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _calibrate(world: World, seed: int) -> tuple[float, float]:
+def _calibrate(universe: Universe, seed: int) -> tuple[float, float]:
     """Intercepts giving E[pctr] = ctr and E[pctr pcvr] / E[pctr] = cvr on a pilot sample."""
     rng = _rng(seed, "pilot")
-    n = world.p["pilot_rows"]
-    users = rng.choice(world.p["n_users"], size=n, p=world.user_freq)
-    items = world.sample_items(users, rng)
-    f = _features(world, users, items, rng)
-    a_ctr = _bisect(lambda a: _sigmoid(a + f["click_logit"]).mean(), world.p["ctr"])
+    n = universe.p["pilot_rows"]
+    users = rng.choice(universe.p["n_users"], size=n, p=universe.user_freq)
+    items = universe.sample_items(users, rng)
+    f = _features(universe, users, items, rng)
+    a_ctr = _bisect(lambda a: _sigmoid(a + f["click_logit"]).mean(), universe.p["ctr"])
     pctr = _sigmoid(a_ctr + f["click_logit"])
     a_cvr = _bisect(
-        lambda a: (pctr * _sigmoid(a + f["buy_logit"])).sum() / pctr.sum(), world.p["cvr"]
+        lambda a: (pctr * _sigmoid(a + f["buy_logit"])).sum() / pctr.sum(), universe.p["cvr"]
     )
     return a_ctr, a_cvr
 
 
-def _timeline(world: World, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def _timeline(universe: Universe, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Session id and user of each impression, in time order."""
-    mean = world.p["session_mean"]
+    mean = universe.p["session_mean"]
     lengths = []
     total = 0
     while total < n_rows:
@@ -591,7 +595,7 @@ def _timeline(world: World, n_rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.concatenate(lengths)
     n_sessions = int(np.searchsorted(np.cumsum(lengths), n_rows)) + 1
     lengths = lengths[:n_sessions]
-    session_user = rng.choice(world.p["n_users"], size=n_sessions, p=world.user_freq)
+    session_user = rng.choice(universe.p["n_users"], size=n_sessions, p=universe.user_freq)
     session = np.repeat(np.arange(n_sessions), lengths)[:n_rows]
     return session, session_user[session]
 
@@ -625,9 +629,9 @@ def _raw_id(field: str, idx):
 class Writer:
     """Formats users, items and impressions in the slot or raw layout."""
 
-    def __init__(self, world: World, fmt: str, seed: int, day: int = 0):
-        self.world, self.fmt, self.seed, self.day = world, fmt, seed, day
-        self.ranges = field_ranges(world.p)
+    def __init__(self, universe: Universe, fmt: str, seed: int, day: int = 0):
+        self.universe, self.fmt, self.seed, self.day = universe, fmt, seed, day
+        self.ranges = field_ranges(universe.p)
         if fmt == "slot":
             self.user_str = self._slot_users()
             self.item_str = self._slot_items()
@@ -639,7 +643,7 @@ class Writer:
         return (np.asarray(idx) + self.ranges[field][0]).tolist()
 
     def _slot_users(self) -> list[str]:
-        w = self.world
+        w = self.universe
         n = w.p["n_users"]
         cols = [[f"121:{x}" for x in self._ids("121", w.profile["121"])],
                 [f"122:{x}" for x in self._ids("122", w.profile["122"])],
@@ -656,7 +660,7 @@ class Writer:
         return [",".join(parts) for parts in zip(head, *hist, strict=True)]
 
     def _slot_items(self) -> list[str]:
-        w = self.world
+        w = self.universe
         n = w.p["n_items"]
         order_rng = np.random.default_rng([self.seed, 99])
         nodes = w.item_nodes
@@ -677,7 +681,7 @@ class Writer:
         return out
 
     def _raw_users(self) -> tuple[list[str], list[int]]:
-        w = self.world
+        w = self.universe
         n = w.p["n_users"]
         cols = [[f"101\x02{x}\x031.0" for x in _raw_id("101", np.arange(n)).tolist()]]
         for f in PROFILE_FIELDS:
@@ -698,7 +702,7 @@ class Writer:
         ], num.tolist()
 
     def _raw_items(self) -> tuple[list[str], list[int]]:
-        w = self.world
+        w = self.universe
         n = w.p["n_items"]
         cols = [
             [f"205\x02{x}\x031.0" for x in _raw_id("205", np.arange(n)).tolist()],
@@ -821,38 +825,75 @@ def generate(
     ``"raw"`` (one skeleton and one common-features file per split).
     """
     t0 = time.time()
-    if fmt not in ("slot", "raw"):
-        raise ValueError(f"fmt must be 'slot' or 'raw', not {fmt!r}")
-    if n_train < 1 or files < 1 or test_ratio < 0 or day < 0:
-        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0, day >= 0")
+    _check_arguments(n_train, fmt, test_ratio, files, day)
     p = resolve_params(n_train, preset, **params)
     n_test = int(round(n_train * test_ratio))
     log = print if verbose else (lambda *a, **k: None)
 
-    world = World(p, seed)
-    a_ctr, a_cvr = _calibrate(world, seed)
-    log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={a_ctr:.3f} alpha_cvr={a_cvr:.3f}")
-
-    n_total = n_train + n_test
-    rng = _rng(seed, "timeline", day)
-    session, users = _timeline(world, n_total, rng)
-    items = world.sample_items(users, rng)
-    feats = _features(world, users, items, rng)
-    pctr = np.round(_sigmoid(a_ctr + feats["click_logit"]), 8)
-    pcvr = np.round(_sigmoid(a_cvr + feats["buy_logit"]), 8)
-    del feats["click_logit"], feats["buy_logit"]
-    lab = _rng(seed, "labels", day)
-    click = lab.random(n_total) < pctr
-    buy = click & (lab.random(n_total) < pcvr)
-    entire = _rng(seed, "entire", day).random(n_total) < pcvr
+    universe = Universe(p, seed)
+    intercepts = _calibrate(universe, seed)
+    log(f"world ready ({time.time() - t0:.1f}s): alpha_ctr={intercepts[0]:.3f} "
+        f"alpha_cvr={intercepts[1]:.3f}")  # fmt: skip
+    drawn = _draw_impressions(universe, seed, day, n_train + n_test, intercepts)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(world, fmt, seed, day)
+    writer = Writer(universe, fmt, seed, day)
+    meta = _meta(writer, p, intercepts, seed=seed, day=day, preset=preset, n_train=n_train,
+                 test_ratio=test_ratio, files=files)  # fmt: skip
+    first_id = day * DAY_ID_STRIDE
+    noise = _NoiseIds(_rng(seed, "noise", day), first_id + n_train + n_test + 1, p["noise_rate"])
+    bounds = {"train": (0, n_train), "test": (n_train, n_train + n_test)}
+    for split, split_dir in zip(("train", "test"), split_dirs, strict=True):
+        lo, hi = bounds[split]
+        rows = _split_rows(drawn, first_id, lo, hi)
+        info = _split_info(drawn, first_id, lo, hi)
+        if fmt == "slot":
+            info["files"] = _write_slot(out, split_dir, files, writer, rows)
+        else:
+            info.update(_write_raw(out, split, writer, rows, noise))
+        _write_truth(out / f"truth_{split}.csv", rows["sample_id"], drawn, lo, hi)
+        meta["splits"][split] = info
+        log(f"{split}: {hi - lo} rows, ctr={info['ctr']:.4f} "
+            f"cvr|click={info['cvr_among_clicks']:.4f} oracle auc {info['oracle_auc']} "
+            f"({time.time() - t0:.1f}s)")  # fmt: skip
+    with open(out / "meta.json", "w", encoding="utf-8", newline="\n") as fh:
+        json.dump(meta, fh, indent=2)
+        fh.write("\n")
+    return meta
+
+
+def _check_arguments(n_train, fmt, test_ratio, files, day):
+    if fmt not in ("slot", "raw"):
+        raise ValueError(f"fmt must be 'slot' or 'raw', not {fmt!r}")
+    if n_train < 1 or files < 1 or test_ratio < 0 or day < 0:
+        raise ValueError("need n_train >= 1, files >= 1, test_ratio >= 0, day >= 0")
+
+
+def _draw_impressions(universe: Universe, seed: int, day: int, n: int, intercepts) -> dict:
+    """A day's `n` impressions (train then test): sessions, users, items, features, the true
+    probabilities (rounded as written), labels and the entire-space conversions."""
+    a_ctr, a_cvr = intercepts
+    rng = _rng(seed, "timeline", day)
+    session, users = _timeline(universe, n, rng)
+    items = universe.sample_items(users, rng)
+    feats = _features(universe, users, items, rng)
+    pctr = np.round(_sigmoid(a_ctr + feats.pop("click_logit")), 8)
+    pcvr = np.round(_sigmoid(a_cvr + feats.pop("buy_logit")), 8)
+    lab = _rng(seed, "labels", day)
+    click = lab.random(n) < pctr
+    buy = click & (lab.random(n) < pcvr)
+    entire = _rng(seed, "entire", day).random(n) < pcvr
+    return {"session": session, "users": users, "items": items, "feats": feats, "pctr": pctr,
+            "pcvr": pcvr, "click": click, "buy": buy, "entire": entire}  # fmt: skip
+
+
+def _meta(writer: Writer, p: dict, intercepts, *, seed, day, preset, n_train, test_ratio, files):
+    """meta.json before its splits: how the data was made and the slot feasign ranges."""
     ranges = writer.ranges
-    meta = {
+    return {
         "generator": "datasets/ali-ccp/synthetic.py",
-        "format": fmt,
+        "format": writer.fmt,
         "seed": seed,
         **({"day": day} if day else {}),  # day 0's meta stays as the single-day generator's
         "preset": preset,
@@ -860,88 +901,107 @@ def generate(
         "test_ratio": test_ratio,
         "files": files,
         "params": p,
-        "intercepts": {"ctr": a_ctr, "cvr": a_cvr},
+        "intercepts": {"ctr": intercepts[0], "cvr": intercepts[1]},
         "fields": list(FIELDS),
         # raw output keeps raw per-field ids; these two keys then describe the slot equivalent
         "sparse_feature_number": ranges[FIELDS[-1]][1] + 1,
         "field_ranges": {f: list(r) for f, r in ranges.items()},
         "splits": {},
     }
-    noise_rng = _rng(seed, "noise", day)
-    first_id = day * DAY_ID_STRIDE
-    next_noise_id = first_id + n_total + 1
-    splits = (("train", 0, n_train, split_dirs[0]), ("test", n_train, n_total, split_dirs[1]))
-    for split, lo, hi, split_dir in splits:
-        n = hi - lo
-        rows = {
-            "sample_id": np.arange(first_id + lo + 1, first_id + hi + 1),
-            "click": click[lo:hi].astype(np.int8),
-            "buy": buy[lo:hi].astype(np.int8),
-            "user": users[lo:hi],
-            "item": items[lo:hi],
-            "position": feats["position"][lo:hi],
-            "session": session[lo:hi],
-            "cross": {f: c[lo:hi] for f, c in feats["cross"].items()},
-        }
-        info = {"rows": n, "first_sample_id": first_id + lo + 1, **_rates(click[lo:hi], buy[lo:hi])}
-        c, b, pc, pv = click[lo:hi], buy[lo:hi], pctr[lo:hi], pcvr[lo:hi]
-        info["oracle_auc"] = {
-            "ctr": auc(pc, c),
-            "cvr": auc(pv[c], b[c]),
-            "ctcvr": auc(pc * pv, b),
-            "cvr_entire_space": auc(pv, entire[lo:hi]),
-        }
-        info["expected"] = {"ctr": float(pc.mean()) if n else None,
-                            "cvr_among_clicks": float((pc * pv).sum() / max(pc.sum(), 1e-12))}  # fmt: skip
-        if fmt == "slot":
-            names = []
-            (out / split_dir).mkdir(exist_ok=True)
-            bounds = np.linspace(0, n, files + 1).round().astype(int)
-            for part in range(files):
-                name = f"{split_dir}/part-{part:05d}.txt"
-                names.append(name)
-                with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
-                    for s in range(bounds[part], bounds[part + 1], CHUNK_ROWS):
-                        fh.write(
-                            writer.slot_lines(rows, slice(s, min(s + CHUNK_ROWS, bounds[part + 1])))
-                        )
-            info["files"] = names
-        else:
-            n_noise = max(3, int(round(p["noise_rate"] * n))) if n else 0
-            after = np.sort(noise_rng.choice(n, size=min(n_noise, n), replace=False)) if n else []
-            noise_after = {int(j): next_noise_id + t for t, j in enumerate(after)}
-            next_noise_id += len(noise_after)
-            info["noise_rows"] = len(noise_after)
-            info["noise_sample_ids"] = sorted(noise_after.values())
-            with open(
-                out / f"sample_skeleton_{split}.csv", "w", encoding="utf-8", newline="\n"
-            ) as fh:
-                for s in range(0, n, CHUNK_ROWS):
-                    fh.write(writer.raw_lines(rows, slice(s, min(s + CHUNK_ROWS, n)), noise_after))
-            sessions, first = np.unique(rows["session"], return_index=True)
-            with open(
-                out / f"common_features_{split}.csv", "w", encoding="utf-8", newline="\n"
-            ) as fh:
-                for s in range(0, len(sessions), CHUNK_ROWS):
-                    sl = slice(s, s + CHUNK_ROWS)
-                    fh.write(writer.common_lines(sessions[sl], rows["user"][first[sl]]))
-            info["common_feature_rows"] = len(sessions)
-            info["files"] = [f"sample_skeleton_{split}.csv", f"common_features_{split}.csv"]
-        with open(out / f"truth_{split}.csv", "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("sample_id,pctr,pcvr\n")
-            for s in range(0, n, CHUNK_ROWS * 5):
-                sl = slice(s, min(s + CHUNK_ROWS * 5, n))
-                fh.write("".join(
-                    f"{i},{a:.8f},{v:.8f}\n"
-                    for i, a, v in zip(rows["sample_id"][sl].tolist(), pc[sl].tolist(), pv[sl].tolist(), strict=True)
-                ))  # fmt: skip
-        meta["splits"][split] = info
-        log(f"{split}: {n} rows, ctr={info['ctr']:.4f} cvr|click={info['cvr_among_clicks']:.4f} "
-            f"oracle auc {info['oracle_auc']} ({time.time() - t0:.1f}s)")  # fmt: skip
-    with open(out / "meta.json", "w", encoding="utf-8", newline="\n") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.write("\n")
-    return meta
+
+
+def _split_rows(drawn: dict, first_id: int, lo: int, hi: int) -> dict:
+    """The columns `Writer` formats, for impressions lo..hi-1 of the day."""
+    feats = drawn["feats"]
+    return {
+        "sample_id": np.arange(first_id + lo + 1, first_id + hi + 1),
+        "click": drawn["click"][lo:hi].astype(np.int8),
+        "buy": drawn["buy"][lo:hi].astype(np.int8),
+        "user": drawn["users"][lo:hi],
+        "item": drawn["items"][lo:hi],
+        "position": feats["position"][lo:hi],
+        "session": drawn["session"][lo:hi],
+        "cross": {f: c[lo:hi] for f, c in feats["cross"].items()},
+    }
+
+
+def _split_info(drawn: dict, first_id: int, lo: int, hi: int) -> dict:
+    """A split's rates, its oracle AUCs (the true probabilities as scores) and expected rates."""
+    c, b = drawn["click"][lo:hi], drawn["buy"][lo:hi]
+    pc, pv = drawn["pctr"][lo:hi], drawn["pcvr"][lo:hi]
+    info = {"rows": hi - lo, "first_sample_id": first_id + lo + 1, **_rates(c, b)}
+    info["oracle_auc"] = {
+        "ctr": auc(pc, c),
+        "cvr": auc(pv[c], b[c]),
+        "ctcvr": auc(pc * pv, b),
+        "cvr_entire_space": auc(pv, drawn["entire"][lo:hi]),
+    }
+    info["expected"] = {"ctr": float(pc.mean()) if hi > lo else None,
+                        "cvr_among_clicks": float((pc * pv).sum() / max(pc.sum(), _TINY))}  # fmt: skip
+    return info
+
+
+def _write_slot(out: Path, split_dir: str, files: int, writer: Writer, rows: dict) -> list[str]:
+    """The split as `files` slot parts of about equal rows; returns their names."""
+    names = []
+    (out / split_dir).mkdir(exist_ok=True)
+    n = len(rows["sample_id"])
+    bounds = np.linspace(0, n, files + 1).round().astype(int)
+    for part in range(files):
+        name = f"{split_dir}/part-{part:05d}.txt"
+        names.append(name)
+        with open(out / name, "w", encoding="utf-8", newline="\n") as fh:
+            for s in range(bounds[part], bounds[part + 1], CHUNK_ROWS):
+                fh.write(writer.slot_lines(rows, slice(s, min(s + CHUNK_ROWS, bounds[part + 1]))))
+    return names
+
+
+class _NoiseIds:
+    """Where raw output inserts its click=0,buy=1 noise rows, and their sample ids: after the
+    day's impressions, numbered on across the splits."""
+
+    def __init__(self, rng: np.random.Generator, next_id: int, rate: float):
+        self.rng, self.next_id, self.rate = rng, next_id, rate
+
+    def place(self, n: int) -> dict[int, int]:
+        """{row after which a noise row goes: its sample id} for a split of `n` rows."""
+        n_noise = max(3, int(round(self.rate * n))) if n else 0
+        after = np.sort(self.rng.choice(n, size=min(n_noise, n), replace=False)) if n else []
+        noise_after = {int(j): self.next_id + t for t, j in enumerate(after)}
+        self.next_id += len(noise_after)
+        return noise_after
+
+
+def _write_raw(out: Path, split: str, writer: Writer, rows: dict, noise: _NoiseIds) -> dict:
+    """The split as a raw skeleton (with noise rows) and its sessions' common features; returns
+    what meta.json says of them."""
+    n = len(rows["sample_id"])
+    noise_after = noise.place(n)
+    info = {"noise_rows": len(noise_after), "noise_sample_ids": sorted(noise_after.values())}
+    with open(out / RAW_SKELETON.format(split), "w", encoding="utf-8", newline="\n") as fh:
+        for s in range(0, n, CHUNK_ROWS):
+            fh.write(writer.raw_lines(rows, slice(s, min(s + CHUNK_ROWS, n)), noise_after))
+    sessions, first = np.unique(rows["session"], return_index=True)
+    with open(out / RAW_COMMON.format(split), "w", encoding="utf-8", newline="\n") as fh:
+        for s in range(0, len(sessions), CHUNK_ROWS):
+            sl = slice(s, s + CHUNK_ROWS)
+            fh.write(writer.common_lines(sessions[sl], rows["user"][first[sl]]))
+    info["common_feature_rows"] = len(sessions)
+    info["files"] = [RAW_SKELETON.format(split), RAW_COMMON.format(split)]
+    return info
+
+
+def _write_truth(path: Path, sample_id, drawn: dict, lo: int, hi: int):
+    """`sample_id,pctr,pcvr` of each impression: the oracle's scores."""
+    pc, pv = drawn["pctr"][lo:hi], drawn["pcvr"][lo:hi]
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("sample_id,pctr,pcvr\n")
+        for s in range(0, hi - lo, CHUNK_ROWS * 5):
+            sl = slice(s, min(s + CHUNK_ROWS * 5, hi - lo))
+            fh.write("".join(
+                f"{i},{a:.8f},{v:.8f}\n"
+                for i, a, v in zip(sample_id[sl].tolist(), pc[sl].tolist(), pv[sl].tolist(), strict=True)
+            ))  # fmt: skip
 
 
 def _param_type(name: str):
