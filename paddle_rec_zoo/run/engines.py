@@ -769,25 +769,37 @@ class StaticEngine:
             self._tensor(name).set(value, self.place)
 
 
-class InferenceEngine:
-    """Predicts with an exported model through `paddle.inference` (oneDNN on the CPU)."""
+class ExportedModelEngine:
+    """Predicts with a model file a checkpoint holds (Paddle Inference's, ONNX): the model's
+    declarations (`spec`) name its inputs and outputs. Subclasses `load` and `predict`."""
 
-    name = "inference"
+    name = ""
 
     def __init__(self, spec, config):
-        """`spec`: the model's declarations (its inputs and outputs name the exported model's)."""
         self.spec = spec
         self.output_names = spec.outputs
         self.config = config
-        self.predictor = None
+
+    @staticmethod
+    def _require_file(folder: str, path: str, how_to_write: str):
+        if not os.path.exists(path):
+            raise UserError(f"{folder}: no {os.path.basename(path)}; {how_to_write}")
+
+    def _check_outputs(self, where: str, names):
+        missing = set(self.output_names) - set(names)
+        if missing:
+            raise UserError(f"{where}: the exported model lacks outputs {sorted(missing)}")
+
+
+class InferenceEngine(ExportedModelEngine):
+    """Predicts with an exported model through `paddle.inference` (oneDNN on the CPU)."""
+
+    name = "inference"
+    predictor = None
 
     def load(self, folder: str):
         prefix = os.path.join(folder, INFERENCE_PREFIX)
-        if not os.path.exists(prefix + ".json"):
-            raise UserError(
-                f"{folder}: no exported inference model ({INFERENCE_PREFIX}.json); "
-                "static_trainer.py writes one per epoch"
-            )
+        self._require_file(folder, prefix + ".json", "static_trainer.py writes one per epoch")
         cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
         cfg.disable_glog_info()
         # The inplace pass let an op write into a value that is also an output: the division
@@ -802,9 +814,7 @@ class InferenceEngine:
             threads = math_threads(self.config.runner.inference_cpu_threads)
             cfg.set_cpu_math_library_num_threads(threads)
         self.predictor = paddle.inference.create_predictor(cfg)
-        missing = set(self.output_names) - set(self.predictor.get_output_names())
-        if missing:
-            raise UserError(f"{folder}: exported model lacks outputs {sorted(missing)}")
+        self._check_outputs(folder, self.predictor.get_output_names())
 
     def predict(self, batch) -> dict:
         for item in self.spec.inputs:

@@ -7,6 +7,7 @@ import importlib.util
 import os
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.run.engines import ExportedModelEngine
 from paddle_rec_zoo.run.runtime import math_threads
 
 ONNX_FILE = "inference.onnx"
@@ -19,29 +20,18 @@ def require(module: str, purpose: str):
         raise UserError(f"{purpose} needs {module}, which is not installed: {INSTALL}")
 
 
-class OnnxEngine:
+class OnnxEngine(ExportedModelEngine):
     """Predicts with a checkpoint's `inference.onnx` through ONNX Runtime (CPU)."""
 
     name = "onnx"
-
-    def __init__(self, spec, config):
-        """`spec`: the model's declarations (its inputs and outputs name the ONNX model's)."""
-        self.spec = spec
-        self.output_names = spec.outputs
-        self.config = config
-        self.session = None
+    session = None
 
     def load(self, folder: str):
         path = os.path.join(folder, ONNX_FILE)
-        if not os.path.exists(path):
-            raise UserError(
-                f"{folder}: no {ONNX_FILE}; write it with python tools/export.py -m CONFIG "
-                f"-o runner.infer_load_path={folder}"
-            )
+        how = f"write it with python tools/export.py -m CONFIG -o runner.infer_load_path={folder}"
+        self._require_file(folder, path, how)
         self.session = onnx_session(path, self.config.runner.inference_cpu_threads)
-        missing = set(self.output_names) - {o.name for o in self.session.get_outputs()}
-        if missing:
-            raise UserError(f"{path}: the ONNX model lacks outputs {sorted(missing)}")
+        self._check_outputs(path, [o.name for o in self.session.get_outputs()])
 
     def predict(self, batch) -> dict:
         feed = {i.name: getattr(batch, i.name) for i in self.spec.inputs}
