@@ -10,6 +10,7 @@ from conftest import esmm_config, esmm_module
 
 from paddle_rec_zoo.data.dataset import usable_cores
 from paddle_rec_zoo.run import engines
+from paddle_rec_zoo.run.inference_engine import InferenceEngine
 
 
 class RecordingConfig:
@@ -36,7 +37,7 @@ def test_predictor_threads_follow_inference_cpu_threads(tmp_path, monkeypatch, s
     monkeypatch.setattr(paddle.inference, "Config", RecordingConfig)
     monkeypatch.setattr(paddle.inference, "create_predictor", create)
     cfg = esmm_config(f"runner.inference_cpu_threads={setting}", "runner.cpu_threads=1")
-    engine = engines.InferenceEngine(esmm_module("net").ESMMLayer.spec(cfg.hyper_parameters), cfg)
+    engine = InferenceEngine(esmm_module("net").ESMMLayer.spec(cfg.hyper_parameters), cfg)
     engine.load(str(tmp_path))
     (pcfg,) = made
     assert pcfg.files[0] == os.path.join(str(tmp_path), f"{engines.INFERENCE_PREFIX}.json")

@@ -15,12 +15,13 @@ from conftest import ROOT, ZOO, zoo_config, zoo_module
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.run import engines, onnx_engine, onnx_export
 from paddle_rec_zoo.run.evaluate import predict_dataset
+from paddle_rec_zoo.run.inference_engine import InferenceEngine
 from paddle_rec_zoo.run.model_loader import reader_class
 from paddle_rec_zoo.run.runtime import static_mode
 from paddle_rec_zoo.run.splits import load_dataset
 
 # every model of the zoo, and ESMM's division variant, whose pctcvr Paddle Inference's inplace
-# pass used to overwrite (engines.InferenceEngine deletes that pass)
+# pass used to overwrite (InferenceEngine deletes that pass)
 MODELS = [(m, ()) for m in ZOO] + [("esmm", ("hyper_parameters.variant=division",))]
 
 
@@ -92,7 +93,7 @@ def test_onnx_runtime_equals_paddle_inference_on_the_test_file(onnx_models, inde
     reader = reader_class(cfg, "infer")(cfg)
     dataset = load_dataset(cfg, reader, "test")
     predicted = []
-    for predictor in (engines.InferenceEngine, onnx_engine.OnnxEngine):
+    for predictor in (InferenceEngine, onnx_engine.OnnxEngine):
         p = predictor(engine.spec, cfg)
         p.load(folder)
         _, arrays = predict_dataset(p, reader, dataset, cfg.runner.infer_batch_size)

@@ -263,14 +263,16 @@ def probe(args) -> dict:
         return {"rate": _timed_steps(engine.train_step, batches, warmup=10)}
     if name in ("compute_inference", "compute_onnx"):
         adapter, config, reader, _ = _probe_setup(args, static=True)
-        from paddle_rec_zoo.run import engines, onnx_engine
+        from paddle_rec_zoo.run import inference_engine, onnx_engine
 
         dataset = _dataset(config, reader, "test")
         batches = _in_memory_batches(
             dataset, config.runner.infer_batch_size, args.steps // 4, False
         )
         spec = adapter.StaticModel(config, reader.label_names).spec
-        predictor = onnx_engine.OnnxEngine if name == "compute_onnx" else engines.InferenceEngine
+        predictor = (
+            onnx_engine.OnnxEngine if name == "compute_onnx" else inference_engine.InferenceEngine
+        )
         engine = predictor(spec, config)
         engine.load(os.path.join(config.runner.model_save_path, "0"))
         return {"rate": _timed_steps(engine.predict, batches, warmup=2)}

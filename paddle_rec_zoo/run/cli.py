@@ -145,6 +145,7 @@ def run(tool: str, args) -> int:
 def _engine(engine_kind, job, adapter, model_cls, config, reader, world, place):
     """The tool's engine over the model."""
     from paddle_rec_zoo.run import engines
+    from paddle_rec_zoo.run.inference_engine import InferenceEngine
 
     training = job == "train"
     kwargs = {"training": training, "world": world, "label_names": reader.label_names}
@@ -155,7 +156,7 @@ def _engine(engine_kind, job, adapter, model_cls, config, reader, world, place):
 
         return OnnxEngine(model_cls(config, reader.label_names).spec, config)
     if not training and config.runner.use_inference:
-        return engines.InferenceEngine(model_cls(config, reader.label_names).spec, config)
+        return InferenceEngine(model_cls(config, reader.label_names).spec, config)
     return engines.StaticEngine(adapter, config, place=place, **kwargs)
 
 

@@ -7,7 +7,7 @@ import importlib.util
 import os
 
 from paddle_rec_zoo.errors import UserError
-from paddle_rec_zoo.run.engines import ExportedModelEngine
+from paddle_rec_zoo.run.inference_engine import ExportedModelEngine
 from paddle_rec_zoo.run.runtime import math_threads
 
 ONNX_FILE = "inference.onnx"

@@ -25,12 +25,9 @@ import numpy as np
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.report.progress import log
 from paddle_rec_zoo.run import checkpoint
-from paddle_rec_zoo.run.engines import (
-    INFERENCE_PREFIX,
-    InferenceEngine,
-    StaticEngine,
-    drop_output_aliases,
-)
+from paddle_rec_zoo.run.checkpoint import INFERENCE_PREFIX
+from paddle_rec_zoo.run.engines import StaticEngine, drop_output_aliases
+from paddle_rec_zoo.run.inference_engine import InferenceEngine
 from paddle_rec_zoo.run.onnx_engine import INSTALL, ONNX_FILE, OnnxEngine, require
 
 OPSET = 13  # ONNX Runtime has run opset 13 since 1.7; our program needs nothing newer
