@@ -100,9 +100,16 @@ class SparseEmbedding(nn.Embedding):
             weight_attr=paddle.ParamAttr(initializer=nn.initializer.Normal(std=init_std)),
         )
         self.row_wise = row_wise
+        self.init_std = init_std
         self.weight.stop_gradient = row_wise
         self.row_ids = None  # [U] int64: this step's unique ids (set_row_ids)
         self.lookup: RowLookup | None = None
+
+    def fresh_weight(self, rng: np.random.Generator) -> np.ndarray:
+        """A new table [rows, D] from the initial distribution, N(0, init_std²), drawn by `rng`
+        (numpy, so that every rank and a resumed run draw the same table from the same seed)."""
+        rows, dim = self.weight.shape
+        return rng.standard_normal((rows, dim), dtype=np.float32) * np.float32(self.init_std)
 
     def forward(self, ids):
         if not (self.row_wise and self.training) or self.row_ids is None:
@@ -120,13 +127,18 @@ class SparseEmbedding(nn.Embedding):
         return _C_ops.embedding(ids, lookup.rows, 0, False)
 
 
-def _row_wise(layer: nn.Layer) -> dict:
-    """{structured name of the table parameter: SparseEmbedding} of `layer`'s row-wise tables."""
+def embedding_tables(layer: nn.Layer) -> dict:
+    """{structured name of the table parameter: SparseEmbedding} of every table of `layer`."""
     return {
         f"{name}.weight" if name else "weight": sub
         for name, sub in layer.named_sublayers(include_self=True)
-        if isinstance(sub, SparseEmbedding) and sub.row_wise
+        if isinstance(sub, SparseEmbedding)
     }
+
+
+def _row_wise(layer: nn.Layer) -> dict:
+    """{structured name of the table parameter: SparseEmbedding} of `layer`'s row-wise tables."""
+    return {name: sub for name, sub in embedding_tables(layer).items() if sub.row_wise}
 
 
 def row_tables(layer: nn.Layer) -> dict:
@@ -181,19 +193,25 @@ class RowOptimizer:
     def next_lr(self) -> float:
         return float(self.schedule())
 
+    def initial_value(self, kind: str) -> float:
+        """The value every element of a fresh slot of `kind` holds."""
+        return {"beta1_pow": self.beta1, "beta2_pow": self.beta2, "accumulator": self.initial}.get(
+            kind, 0.0
+        )
+
     def create_slots(self, table):
         """Create (zero or initial-valued) slots for `table`; in static mode, in its startup."""
         rows, dim = table.shape
-        init = {
-            "moment1": ([rows, dim], 0.0),
-            "moment2": ([rows, dim], 0.0),
-            "beta1_pow": ([1], self.beta1),
-            "beta2_pow": ([1], self.beta2),
-            "accumulator": ([rows, 1 if self.rule == "rowwise_adagrad" else dim], self.initial),
+        shapes = {
+            "moment1": [rows, dim],
+            "moment2": [rows, dim],
+            "beta1_pow": [1],
+            "beta2_pow": [1],
+            "accumulator": [rows, 1 if self.rule == "rowwise_adagrad" else dim],
         }
         slots = {}
         for kind in ROW_OPTIMIZERS[self.rule]:
-            shape, value = init[kind]
+            shape, value = shapes[kind], self.initial_value(kind)
             if paddle.in_dynamic_mode():
                 slots[kind] = paddle.full(shape, value, "float32")
                 continue
