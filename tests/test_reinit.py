@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import paddle
 import pytest
-from conftest import ZOO, esmm_config, esmm_module, zoo_config
+from conftest import ESMM_CONFIG, ZOO, esmm_config, esmm_module, launch_fleet, run_tool, zoo_config
 from test_net import batch_of
 from test_preemption import assert_same_run, common, signal_at_step
 from test_reliability import SAMPLE_TRAIN, metric_lines, params, train_in_process
@@ -199,3 +199,36 @@ def test_a_run_stopped_inside_a_later_epoch_resumes_without_a_second_draw(
     assert f"resuming in epoch 1 after batch 5/{BATCHES}" in out
     assert "start afresh" not in out
     assert_same_run(save, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["trainer", "static_trainer"])
+def test_fleet_ranks_draw_the_same_tables_as_one_process(tmp_path, tool):
+    """Two data-parallel ranks end epoch 1 where one process with their summed batch does: a
+    rank that drew other tables would pull rank 0's away from them."""
+    common = [
+        f"runner.cache_dir={tmp_path / 'cache'}",
+        "runner.epochs=2",
+        "runner.print_interval=4",
+        "hyper_parameters.embedding_reinit=True",
+        SCHEDULE,
+    ]
+    proc, logs = launch_fleet(
+        tmp_path / "log",
+        tool,
+        *common,
+        f"runner.model_save_path={tmp_path / 'dp'}",
+        "runner.train_batch_size=128",
+    )
+    assert proc.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
+    assert "epoch 1: embedding tables" in logs[0]
+    single = run_tool(
+        tool,
+        *("-m", ESMM_CONFIG, "-o", *common),
+        f"runner.model_save_path={tmp_path / 'one'}",
+        "runner.train_batch_size=256",
+    )
+    assert single.returncode == 0, single.stderr
+    dp, one = params(tmp_path / "dp" / "1"), params(tmp_path / "one" / "1")
+    for name in one:
+        np.testing.assert_allclose(dp[name], one[name], atol=2e-4, rtol=1e-3, err_msg=name)
