@@ -105,6 +105,29 @@ def test_experiment_runs_two_variants_two_seeds(tmp_path):
 
 
 @pytest.mark.slow
+def test_every_epoch_gives_a_row_per_epoch(tmp_path):
+    out = tmp_path / "exp"
+    proc = run_tool(
+        "experiment",
+        *("-m", ESMM_CONFIG, "--variants", "esmm", "--seeds", "1", "--every-epoch"),
+        *("--out", str(out), "-o", "runner.epochs=2", f"runner.cache_dir={tmp_path / 'cache'}"),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (out / "results.md").read_text()
+    assert "| esmm, epoch 1 | 1 |" in md and "| esmm, epoch 2 | 1 |" in md
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["variant"], r.get("epoch")) for r in results] == [
+        ("esmm, epoch 1", 1),
+        ("esmm, epoch 2", 2),
+        ("oracle", None),  # one: one data set
+    ]
+    assert results[0]["auc_ctr"] != results[1]["auc_ctr"]  # two checkpoints, not one twice
+    run = out / "runs" / "esmm-s1"
+    assert (run / "predictions-0.csv").exists() and (run / "predictions.csv").exists()
+
+
+@pytest.mark.slow
 def test_easyrec_config_trains_one_epoch(tmp_path):
     proc = run_tool(
         "trainer",

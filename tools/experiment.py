@@ -7,7 +7,8 @@
         --variants esmm base division esmm_ns --seeds 5
 
 Each (model or variant, seed) is trained by the engine's trainer tool and its last epoch (or
-`best/` with `--checkpoint best`) evaluated by the infer tool, both as subprocesses (Paddle's
+`best/` with `--checkpoint best`, or every epoch with `--every-epoch`: a row per epoch, e.g.
+"esmm, epoch 2") evaluated by the infer tool, both as subprocesses (Paddle's
 static mode is process-global), with `runner.seed` set; with several `--data` folders, on each
 of them (a row's mean and spread are then over every data set and seed). A model is the folder
 `models/*/<name>/` and its `config_bigdata.yaml` (`--config-name`). The predictions are scored with each model's
@@ -65,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--truth", default="", help="truth CSV (sample_id,pctr,pcvr) of the test split")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="evaluate the last epoch, or best/ (needs runner.keep_best)")  # fmt: skip
+    p.add_argument("--every-epoch", action="store_true",
+                   help="evaluate every epoch's checkpoint: a row per (model or variant, epoch)")  # fmt: skip
     p.add_argument("--rerun", action="store_true", help="retrain runs that already have results")
     p.add_argument("-o", "--opt", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run, as for the trainers")  # fmt: skip
@@ -162,33 +165,44 @@ def plan(args, out: str):
 
 
 def train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name) -> dict:
-    """Train one run and predict the test split (or reuse its predictions); their columns."""
+    """Train one run and predict the test split (or reuse its predictions): {epoch (0-based,
+    or "best"): prediction columns}, of the last epoch, or of each with --every-epoch."""
     from paddle_rec_zoo.report import experiment_table as table
     from paddle_rec_zoo.report.progress import log
 
     trainer, infer = (
         ("static_trainer", "static_infer") if args.engine == "static" else ("trainer", "infer")
     )
-    preds_path = os.path.join(run_dir, "predictions.csv")
     common = [*opts, f"runner.seed={seed}", f"runner.model_save_path={run_dir}",
               "runner.overwrite=True"]  # fmt: skip
     epochs = config.runner.epochs
-    if args.rerun or not os.path.exists(preds_path):
+    if args.checkpoint == "best":
+        loads = {"best": [f"runner.infer_load_path={os.path.join(run_dir, 'best')}"]}
+    else:
+        loads = {
+            e: [f"runner.infer_start_epoch={e}", f"runner.infer_end_epoch={e + 1}"]
+            for e in (range(epochs) if args.every_epoch else [epochs - 1])
+        }
+    # the last epoch's (or best's) predictions keep the name they had before --every-epoch
+    paths = {
+        e: os.path.join(
+            run_dir, "predictions.csv" if e in ("best", epochs - 1) else f"predictions-{e}.csv"
+        )
+        for e in loads
+    }
+    if args.rerun or not all(os.path.exists(p) for p in paths.values()):
         os.makedirs(run_dir, exist_ok=True)
         log(f"{name} seed {seed}: training ({args.engine}, {epochs} epoch(s)) in {run_dir}")
         run_tool(trainer, config_path, common, os.path.join(run_dir, "train.log"))
-        load = (
-            [f"runner.infer_load_path={os.path.join(run_dir, 'best')}"]
-            if args.checkpoint == "best"
-            else [f"runner.infer_start_epoch={epochs - 1}", f"runner.infer_end_epoch={epochs}"]
-        )
-        run_tool(
-            infer,
-            config_path,
-            [*common, *load, f"runner.save_predictions={preds_path}"],
-            os.path.join(run_dir, "infer.log"),
-        )
-    return table.read_csv_columns(preds_path, ("sample_id", *spec.labels, *spec.outputs))
+        for e, load in loads.items():
+            run_tool(
+                infer,
+                config_path,
+                [*common, *load, f"runner.save_predictions={paths[e]}"],
+                os.path.join(run_dir, f"infer-{e}.log" if len(loads) > 1 else "infer.log"),
+            )
+    columns = ("sample_id", *spec.labels, *spec.outputs)
+    return {e: table.read_csv_columns(path, columns) for e, path in paths.items()}
 
 
 def network(config_path: str):
@@ -206,6 +220,8 @@ def run(args) -> int:
 
     if args.seeds < 1:
         raise UserError("--seeds must be at least 1")
+    if args.every_epoch and args.checkpoint == "best":
+        raise UserError("--every-epoch evaluates every epoch; --checkpoint best only one")
     out = os.path.abspath(args.out)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     key, rows, datasets = plan(args, out)
@@ -216,10 +232,10 @@ def run(args) -> int:
         )
         truths.append(table.Truth(path) if (args.truth or os.path.exists(path)) else None)
         log(f"truth: {path}" if truths[-1] else "no truth file: no truth metrics, no oracle")
-    results, oracles, metrics = [], [], []
+    results, oracles, metrics = [], {}, []
     for name, config_path, row_opts in rows:
         net = network(config_path)
-        for (suffix, _, data_opts), truth in zip(datasets, truths, strict=True):
+        for k, ((suffix, _, data_opts), truth) in enumerate(zip(datasets, truths, strict=True)):
             opts = [*row_opts, *data_opts, *args.opt]
             config = load_config(config_path, opts, net.hyper_parameters_class)
             if args.checkpoint == "best" and not config.runner.keep_best:
@@ -233,20 +249,28 @@ def run(args) -> int:
             for seed in range(1, args.seeds + 1):
                 run_dir = os.path.join(out, "runs", f"{name}{suffix}-s{seed}")
                 start = time.time()
-                cols = train_and_predict(args, config_path, config, spec, opts, seed, run_dir, name)
-                result = {key: name, "seed": seed, **table.score(spec, cols, truth)}
-                if suffix:
-                    result["data"] = int(suffix[2:])
-                result["seconds"] = round(time.time() - start, 1)
-                results.append(result)
-                if truth is not None and len(oracles) < len(datasets):
-                    oracles.append({key: "oracle", **table.oracle(spec, net, cols, truth)})
-                log(
-                    f"{name}{suffix} seed {seed}: "
-                    + " ".join(
-                        f"{m.name} {result[m.name]:.4f}" for m in metrics if m.name in result
-                    )
+                predicted = train_and_predict(
+                    args, config_path, config, spec, opts, seed, run_dir, name
                 )
+                for epoch, cols in predicted.items():
+                    row = f"{name}, epoch {epoch + 1}" if args.every_epoch else name
+                    result = {key: row, "seed": seed, **table.score(spec, cols, truth)}
+                    if args.every_epoch:
+                        result["epoch"] = epoch + 1
+                    if suffix:
+                        result["data"] = int(suffix[2:])
+                    result["seconds"] = round(time.time() - start, 1)
+                    results.append(result)
+                    if truth is not None and k not in oracles:  # one per data set
+                        oracles[k] = {key: "oracle", **table.oracle(spec, net, cols, truth)}
+                    log(
+                        f"{name}{suffix} seed {seed}"
+                        + (f" epoch {epoch + 1}: " if args.every_epoch else ": ")
+                        + " ".join(
+                            f"{m.name} {result[m.name]:.4f}" for m in metrics if m.name in result
+                        )
+                    )
+    oracles = [oracles[k] for k in sorted(oracles)]  # in the order of the data sets
     oracle_row = None
     if oracles:
         summary = table.summarize(oracles, metrics, key)["oracle"]

@@ -62,6 +62,9 @@ class FeatureHyperParameters:
     field_options: dict[str, FieldOptions] = field(default_factory=dict)
     feature_groups: list[FeatureGroup] = field(default_factory=list)  # [] = one group, no DNN
     embedding_init_std: float = 0.01  # N(0, std); PaddleRec's U(-1, 1) overfits badly
+    # every epoch after the first starts from fresh tables (and slots, and their schedule), the
+    # dense layers carrying on (MEDA): a second epoch then gains instead of memorising the rows
+    embedding_reinit: bool = True
     l2_regularization: float = 0.0  # λ·½Σw² over the kernels of every dense layer
     embedding_regularization: float = 0.0  # λ·½Σx² over the batch's pooled embeddings
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

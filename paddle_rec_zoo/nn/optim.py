@@ -138,6 +138,24 @@ class StepSchedule(paddle.optimizer.lr.LRScheduler):
         self.last_lr = self.lr_at(self.last_epoch)
         return lr
 
+    def restart(self):
+        """Back to step 0: the next read gives the first step's learning rate again."""
+        self.last_epoch = 0
+        self.last_lr = self.lr_at(0)
+
+
+def initial_accumulator(optimizer, kind: str) -> float:
+    """The value every element of a fresh accumulator `kind` of a dense Paddle `optimizer` holds:
+    Adam's and AdamW's beta powers start at the betas, Adagrad's `moment` at its initial value,
+    every other accumulator at zero."""
+    if kind.startswith("beta1_pow"):
+        return float(optimizer._beta1)
+    if kind.startswith("beta2_pow"):
+        return float(optimizer._beta2)
+    if kind == "moment":
+        return float(getattr(optimizer, "initial_accumulator_value", 0.0))
+    return 0.0
+
 
 def create_optimizer(hp, parameters=None):
     """The optimizer of the dense parameters (dygraph: pass the parameters; static: leave None).

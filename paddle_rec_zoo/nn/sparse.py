@@ -192,11 +192,11 @@ class SparseEmbedding(nn.Embedding):
         rows = num_rows if self.shards is None else self.shards.rows(num_rows)
         super().__init__(rows, dim, padding_idx=0, weight_attr=paddle.ParamAttr(initializer=init))
         self.row_wise = row_wise
+        self.init_std = init_std
         self.weight.stop_gradient = row_wise
         self.row_ids = None  # [U] int64: this step's unique ids (set_row_ids)
         self.owned = None  # sharded: this step's ([K] positions in row_ids, [K] shard rows)
         self.lookup: RowLookup | None = None
-        self.init_std = init_std
         # nn.Embedding zeroes the padding row in dygraph only (a static startup leaves it drawn)
         self.padding_zeroed = paddle.in_dynamic_mode()
         if self.shards is not None and paddle.in_dynamic_mode():  # static: once its startup ran
@@ -235,6 +235,24 @@ class SparseEmbedding(nn.Embedding):
                 paddle.enable_static()
         if rank == 0 and self.padding_zeroed:
             out[0] = 0.0  # the padding row, as nn.Embedding sets it
+        return out
+
+    def fresh_weight(self, rng: np.random.Generator, chunk: int = 1 << 20) -> np.ndarray:
+        """A new table from the initial distribution, N(0, init_std²), drawn by `rng` (numpy, so
+        that every rank and a resumed run draw the same table from the same seed): [rows, D],
+        or, for a row-sharded table, this rank's rows of that same whole-table draw (drawn
+        `chunk` rows at a time: the same numbers, the memory of a chunk)."""
+        dim, scale = self._embedding_dim, np.float32(self.init_std)
+        if self.shards is None:
+            return rng.standard_normal((self.num_rows, dim), dtype=np.float32) * scale
+        size, rank = self.shards.size, self.shards.rank
+        out = np.empty((self.shards.rows(self.num_rows), dim), np.float32)
+        for start in range(0, self.num_rows, chunk):
+            block = rng.standard_normal((min(chunk, self.num_rows - start), dim), np.float32)
+            first = (rank - start) % size  # the block's first row of this rank
+            mine = block[first::size]
+            at = (start + first) // size
+            out[at : at + len(mine)] = mine * scale
         return out
 
     def forward(self, ids):
@@ -276,13 +294,18 @@ class SparseEmbedding(nn.Embedding):
         return rows
 
 
-def _row_wise(layer: nn.Layer) -> dict:
-    """{structured name of the table parameter: SparseEmbedding} of `layer`'s row-wise tables."""
+def embedding_tables(layer: nn.Layer) -> dict:
+    """{structured name of the table parameter: SparseEmbedding} of every table of `layer`."""
     return {
         f"{name}.weight" if name else "weight": sub
         for name, sub in layer.named_sublayers(include_self=True)
-        if isinstance(sub, SparseEmbedding) and sub.row_wise
+        if isinstance(sub, SparseEmbedding)
     }
+
+
+def _row_wise(layer: nn.Layer) -> dict:
+    """{structured name of the table parameter: SparseEmbedding} of `layer`'s row-wise tables."""
+    return {name: sub for name, sub in embedding_tables(layer).items() if sub.row_wise}
 
 
 def row_tables(layer: nn.Layer) -> dict:
@@ -351,19 +374,25 @@ class RowOptimizer:
     def next_lr(self) -> float:
         return float(self.schedule())
 
+    def initial_value(self, kind: str) -> float:
+        """The value every element of a fresh slot of `kind` holds."""
+        return {"beta1_pow": self.beta1, "beta2_pow": self.beta2, "accumulator": self.initial}.get(
+            kind, 0.0
+        )
+
     def create_slots(self, table):
         """Create (zero or initial-valued) slots for `table`; in static mode, in its startup."""
         rows, dim = table.shape
-        init = {
-            "moment1": ([rows, dim], 0.0),
-            "moment2": ([rows, dim], 0.0),
-            "beta1_pow": ([1], self.beta1),
-            "beta2_pow": ([1], self.beta2),
-            "accumulator": ([rows, 1 if self.rule == "rowwise_adagrad" else dim], self.initial),
+        shapes = {
+            "moment1": [rows, dim],
+            "moment2": [rows, dim],
+            "beta1_pow": [1],
+            "beta2_pow": [1],
+            "accumulator": [rows, 1 if self.rule == "rowwise_adagrad" else dim],
         }
         slots = {}
         for kind in ROW_OPTIMIZERS[self.rule]:
-            shape, value = init[kind]
+            shape, value = shapes[kind], self.initial_value(kind)
             if paddle.in_dynamic_mode():
                 slots[kind] = paddle.full(shape, value, "float32")
                 continue

@@ -21,10 +21,12 @@ import numpy as np
 import paddle
 
 from paddle_rec_zoo.errors import UserError
+from paddle_rec_zoo.nn.optim import StepSchedule, initial_accumulator
 from paddle_rec_zoo.nn.sparse import (
     ROW_IDS,
     ROW_OWNED,
     RowShards,
+    embedding_tables,
     row_batch,
     row_tables,
     sharded_tables,
@@ -214,6 +216,23 @@ def _prepared(batch, row_wise: bool, world: World):
     if world.active:
         return batch
     return _with_rows(batch, row_wise, world)
+
+
+def _fresh_value(engine, kind: str) -> float:
+    """The initial value of a table's optimizer variable `kind`: a row-wise slot, or the dense
+    optimizer's accumulator when the tables are its parameters (`embedding_optimizer: dense`)."""
+    if engine.row_optimizer is not None:
+        return engine.row_optimizer.initial_value(kind)
+    return initial_accumulator(engine.optimizer, kind)
+
+
+def _restart_table_schedule(engine, dense_schedule):
+    """The learning-rate schedule the tables follow starts again: the embedding optimizer's own
+    (a copy of the dense one's unless it has its own), or, for tables trained by the dense
+    optimizer, that optimizer's (the dense layers' schedule then restarts too)."""
+    schedule = engine.row_optimizer.schedule if engine.row_optimizer is not None else dense_schedule
+    if isinstance(schedule, StepSchedule):
+        schedule.restart()
 
 
 class _DataParallel(paddle.DataParallel):
@@ -406,6 +425,28 @@ class DygraphEngine:
                     "resume with the config the run was started with"
                 )
 
+    def reset_embeddings(self, rng: np.random.Generator) -> list[str]:
+        """Start the embedding tables afresh, the dense layers untouched: new tables drawn by
+        `rng` from their initial distribution, their optimizer state as it was before the first
+        step, the schedule they follow from its start (`hyper_parameters.embedding_reinit`).
+        Returns the tables' structured names."""
+        tables = embedding_tables(self.net)
+        for sub in tables.values():
+            table = sub.weight
+            table.set_value(sub.fresh_weight(rng))
+            if self.row_optimizer is not None:
+                slots = self.row_optimizer.slots[table.name]
+            else:
+                slots = {
+                    kind: accumulators[table.name]
+                    for kind, accumulators in self.optimizer._accumulators.items()
+                    if table.name in accumulators
+                }
+            for kind, var in slots.items():
+                var.set_value(np.full(var.shape, _fresh_value(self, kind), np.float32))
+        _restart_table_schedule(self, self.optimizer._learning_rate)
+        return list(tables)
+
     def load(self, folder: str):
         self.set_params(self.checkpoint_params(folder), folder)
 
@@ -484,7 +525,7 @@ class StaticEngine:
         self.scope = paddle.static.global_scope()
         adapter_cls = adapter_module.StaticModel
         startup = paddle.static.Program()
-        self.row_optimizer = None
+        self.row_optimizer = self.optimizer = None
         self.shards = table_sharding(config, world, training)
         self.sharded = {}  # {structured name: SparseEmbedding} of row-sharded tables
         if training:
@@ -497,10 +538,11 @@ class StaticEngine:
                     if self.row_optimizer is not None:  # row-wise tables: see sparse.py
                         row_ids, owned = _row_feeds(self.shards)
                     self.train_fetch = train.net(train.create_feeds(), row_ids=row_ids, owned=owned)
+                    self.optimizer = train.create_optimizer()
                     self._row_lr = _append_update(
                         self.train_fetch["loss"],
                         train.layer,
-                        train.create_optimizer(),
+                        self.optimizer,
                         self.row_optimizer,
                         world,
                     )
@@ -710,6 +752,25 @@ class StaticEngine:
         )
         # The fetch ops now carry the names; the aliases that gave them stop paddle2onnx
         drop_output_aliases(prefix + ".json")
+
+    def reset_embeddings(self, rng: np.random.Generator) -> list[str]:
+        """As `DygraphEngine.reset_embeddings`, on the scope's variables: a table's optimizer
+        variables are named after it (`<table var>_<kind>` for a row-wise slot,
+        `<table var>_<kind>_<n>` for the dense optimizer's)."""
+        tables = embedding_tables(self.adapter.layer)
+        state = self._optimizer_var_names()
+        for name, sub in tables.items():
+            var = self.param_names[name]
+            self._tensor(var).set(sub.fresh_weight(rng), self.place)
+            for slot in (n for n in state if n.startswith(f"{var}_")):
+                kind = slot[len(var) + 1 :]
+                if self.row_optimizer is None:
+                    kind = kind.rsplit("_", 1)[0]  # the dense optimizer's counter suffix
+                tensor = self._tensor(slot)
+                value = np.full(tensor.shape(), _fresh_value(self, kind), np.float32)
+                tensor.set(value, self.place)
+        _restart_table_schedule(self, getattr(self.train_program, "lr_scheduler", None))
+        return list(tables)
 
     def load(self, folder: str):
         self.set_params(self.checkpoint_params(folder), folder)

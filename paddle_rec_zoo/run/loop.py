@@ -58,6 +58,9 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
         if run.visual is not None:
             stack.callback(run.visual.close)
         for epoch in range(run.start_epoch, r.epochs):
+            # a run resumed inside this epoch already has its tables: the checkpoint holds them
+            if epoch > 0 and not (epoch == run.start_epoch and run.start_batch):
+                _reinit_embeddings(config, engine, epoch)
             seconds = epochs.train(dataset, epoch)
             epochs.end(epoch, seconds)
             signum = agreed_signal(world)  # also the barrier: the checkpoint is complete
@@ -65,6 +68,22 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
                 folder = checkpoint.epoch_dir(r.model_save_path, epoch)
                 raise stopped(signum, (epoch, n_batches, n_batches, run.step), folder)
     return run.records
+
+
+def _reinit_embeddings(config, engine, epoch: int):
+    """`hyper_parameters.embedding_reinit`: the epoch starts from fresh embedding tables while
+    the dense layers carry on (MEDA, Fan et al. 2024). A table that has seen the rows memorises
+    them, and the dense layers, fitted to it, collapse in a second pass (doc/model.md, "More
+    than one epoch"). The draw is seeded by (seed, epoch): every Fleet rank draws the same
+    tables, and a run resumed at this epoch's start the ones the uninterrupted run drew."""
+    if not config.hyper_parameters.embedding_reinit:
+        return
+    names = engine.reset_embeddings(np.random.default_rng([config.runner.seed, epoch]))
+    if names:
+        log(
+            f"epoch {epoch}: embedding tables {', '.join(names)} start afresh "
+            "(hyper_parameters.embedding_reinit; False keeps them)"
+        )
 
 
 class _Epochs:
