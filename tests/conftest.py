@@ -105,21 +105,23 @@ def _kill_group(pgid: int):
         os.killpg(pgid, signal.SIGKILL)
 
 
-def fleet_command(log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG) -> list[str]:
-    """tools/<tool>.py on `config`, 2 data-parallel ranks (`paddle.distributed.launch`), each
-    rank's output in `log_dir/workerlog.<rank>`."""
+def fleet_command(
+    log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG, ranks: int = 2
+) -> list[str]:
+    """tools/<tool>.py on `config`, `ranks` data-parallel ranks (`paddle.distributed.launch`),
+    each rank's output in `log_dir/workerlog.<rank>`."""
     return [
-        *(sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"),
+        *(sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(ranks)),
         *("--log_dir", str(log_dir), os.path.join(ROOT, "tools", f"{tool}.py")),
         *("-m", config, "-o", "runner.use_fleet=True", *overrides),
     ]
 
 
-def launch_fleet(log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG):
-    """Run `fleet_command`; returns (the launcher's CompletedProcess, [rank 0 log, rank 1 log])."""
-    cmd = fleet_command(log_dir, tool, *overrides, config=config)
+def launch_fleet(log_dir, tool: str, *overrides: str, config: str = ESMM_CONFIG, ranks: int = 2):
+    """Run `fleet_command`; returns (the launcher's CompletedProcess, [each rank's log])."""
+    cmd = fleet_command(log_dir, tool, *overrides, config=config, ranks=ranks)
     proc = run_group(cmd, timeout=300, cwd=ROOT)
-    return proc, [(Path(log_dir) / f"workerlog.{r}").read_text() for r in (0, 1)]
+    return proc, [(Path(log_dir) / f"workerlog.{r}").read_text() for r in range(ranks)]
 
 
 def run_tool(tool: str, *args: str, cwd: str = ROOT, timeout: int = 300):

@@ -229,3 +229,23 @@ def test_warm_start_into_a_grown_sharded_table_with_hashed_ids_equals_one_proces
         slots = {k: v for k, v in load_optimizer_file(one).items() if not isinstance(v, dict)}
         merged = load_optimizer_file(dp)
         _assert_close({k: merged[k] for k in slots}, slots)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_two_sharded_ranks_is_evaluated_by_three(tmp_path):
+    """Written by 2 ranks, read by 3: each of the 3 takes its rows (i % 3) out of the 2 ranks'
+    files and the lookups run in lockstep; the metrics are the training run's own."""
+    args = [*_common(tmp_path), "runner.epochs=1", "hyper_parameters.table_sharding=row"]
+    save = f"runner.model_save_path={tmp_path / 'dp'}"
+    proc, logs = launch_fleet(
+        tmp_path / "train", "trainer", *args, save, "runner.train_batch_size=128"
+    )
+    assert proc.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
+    assert table_shards.read_layout(str(tmp_path / "dp" / "0"))["ranks"] == 2
+    trained = _metrics(logs[0], "test: ")
+    proc, logs = launch_fleet(
+        tmp_path / "infer", "infer", *args, f"runner.infer_load_path={tmp_path / 'dp'}",
+        "runner.infer_start_epoch=0", "runner.infer_end_epoch=1", ranks=3,
+    )  # fmt: skip
+    assert proc.returncode == 0, "\n".join(log[-2000:] for log in logs)
+    assert _metrics(logs[0], "[dygraph]: ") == trained
