@@ -208,7 +208,13 @@ def test_a_run_stopped_inside_a_later_epoch_resumes_without_a_second_draw(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "tool, sharding", [("trainer", "none"), ("static_trainer", "none"), ("trainer", "row")]
+    "tool, sharding",
+    [
+        ("trainer", "none"),
+        ("static_trainer", "none"),
+        ("trainer", "row"),
+        ("static_trainer", "row"),
+    ],
 )
 def test_fleet_ranks_draw_the_same_tables_as_one_process(tmp_path, tool, sharding):
     """Two data-parallel ranks end epoch 1 where one process with their summed batch does: a

@@ -571,8 +571,8 @@ class StaticEngine:
             self._tensor(self.param_names[name]).set(rows, self.place)
         del first_rows
         if world.active:  # start every rank from rank 0's weights (each keeps its own rows)
-            dense = {k: v for k, v in self._params().items()}
-            self.set_params(world.all_gather_object({k: f() for k, f in dense.items()})[0])
+            mine = {k: fetch() for k, fetch in self._params().items()}  # sharded tables apart
+            self.set_params(world.all_gather_object(mine)[0])
 
     def _build_export_program(self, adapter_cls, config, label_names):
         """The inference program of whole tables (the exported model's), beside the sharded
@@ -701,6 +701,11 @@ class StaticEngine:
             and name not in sharded
         ]
 
+    def _every_optimizer_var(self) -> list[str]:
+        """`_optimizer_var_names` and the row slots of sharded tables (`write_shards`'s)."""
+        slots = [v for k, v in self._shard_vars().items() if not _is_param(k)]
+        return self._optimizer_var_names() + slots
+
     def _optimizer_state(self) -> dict:
         """{name: function returning a copy of the variable, or a schedule's state}."""
         state = {name: self._fetch(name) for name in self._optimizer_var_names()}
@@ -711,6 +716,7 @@ class StaticEngine:
         """The optimizers' variables and the schedules' positions."""
         return {k: v() if callable(v) else v for k, v in self._optimizer_state().items()}
 
+    @in_static_mode  # the export program's startup and save_inference_model need it
     def save(self, folder: str):
         """As `DygraphEngine.save`; and the inference model, of whole tables (with sharded
         tables, merged from every rank's files in `folder`: rank 0 holds the whole tables
@@ -758,7 +764,7 @@ class StaticEngine:
         variables are named after it (`<table var>_<kind>` for a row-wise slot,
         `<table var>_<kind>_<n>` for the dense optimizer's)."""
         tables = embedding_tables(self.adapter.layer)
-        state = self._optimizer_var_names()
+        state = self._every_optimizer_var()
         for name, sub in tables.items():
             var = self.param_names[name]
             self._tensor(var).set(sub.fresh_weight(rng), self.place)
@@ -807,9 +813,7 @@ class StaticEngine:
     def set_optimizer_state(self, saved: dict, folder: str):
         """Set the optimizers' variables and schedules from `saved` (`optimizer_state`)."""
         schedules = self._schedules()
-        slots = [v for k, v in self._shard_vars().items() if not _is_param(k)]
-        names = self._optimizer_var_names() + slots
-        current = {name: self._tensor(name).shape() for name in names}
+        current = {name: self._tensor(name).shape() for name in self._every_optimizer_var()}
         current.update(dict.fromkeys(schedules))
         if not set(current) <= set(saved):
             missing = sorted(set(current) - set(saved))
