@@ -214,26 +214,23 @@ class SparseEmbedding(nn.Embedding):
         the dense layers drawn after it are the same too), and each chunk's rows of this rank
         are kept: memory of a chunk, time of the whole table (0.65 s per million rows of 12
         here)."""
-        size, rank = self.shards.size, self.shards.rank
-        chunk -= chunk % (2 * size)  # an even count of normals per draw: pairs stay aligned
+        chunk -= chunk % (2 * self.shards.size)  # an even count of normals: pairs stay aligned
         init = nn.initializer.Normal(std=self.init_std)
-        if out is None:
-            out = np.empty((self.shards.rows(self.num_rows), self._embedding_dim), np.float32)
+
+        def draw(n: int) -> np.ndarray:
+            block = paddle.empty([n, self._embedding_dim])
+            init(block)
+            return block.numpy()
+
         static = not paddle.in_dynamic_mode()
         if static:
             paddle.disable_static()
         try:
-            for start in range(0, self.num_rows, chunk):
-                block = paddle.empty([min(chunk, self.num_rows - start), self._embedding_dim])
-                init(block)
-                first = (rank - start) % size  # the block's first row of this rank
-                mine = block.numpy()[first::size]
-                at = (start + first) // size
-                out[at : at + len(mine)] = mine
+            out = self._own_rows_of_draw(draw, chunk, out)
         finally:
             if static:
                 paddle.enable_static()
-        if rank == 0 and self.padding_zeroed:
+        if self.shards.rank == 0 and self.padding_zeroed:
             out[0] = 0.0  # the padding row, as nn.Embedding sets it
         return out
 
@@ -243,16 +240,27 @@ class SparseEmbedding(nn.Embedding):
         or, for a row-sharded table, this rank's rows of that same whole-table draw (drawn
         `chunk` rows at a time: the same numbers, the memory of a chunk)."""
         dim, scale = self._embedding_dim, np.float32(self.init_std)
+
+        def draw(n: int) -> np.ndarray:
+            return rng.standard_normal((n, dim), dtype=np.float32) * scale
+
         if self.shards is None:
-            return rng.standard_normal((self.num_rows, dim), dtype=np.float32) * scale
+            return draw(self.num_rows)
+        return self._own_rows_of_draw(draw, chunk)
+
+    def _own_rows_of_draw(self, draw, chunk: int, out: np.ndarray | None = None) -> np.ndarray:
+        """This rank's rows of a whole table drawn `chunk` rows at a time by `draw(n)` (an
+        [n, D] array): the same numbers as one draw, the memory of a chunk (into `out` if
+        given)."""
         size, rank = self.shards.size, self.shards.rank
-        out = np.empty((self.shards.rows(self.num_rows), dim), np.float32)
+        if out is None:
+            out = np.empty((self.shards.rows(self.num_rows), self._embedding_dim), np.float32)
         for start in range(0, self.num_rows, chunk):
-            block = rng.standard_normal((min(chunk, self.num_rows - start), dim), np.float32)
+            block = draw(min(chunk, self.num_rows - start))
             first = (rank - start) % size  # the block's first row of this rank
             mine = block[first::size]
             at = (start + first) // size
-            out[at : at + len(mine)] = mine * scale
+            out[at : at + len(mine)] = mine
         return out
 
     def forward(self, ids):
