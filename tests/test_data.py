@@ -8,7 +8,8 @@ import pytest
 from conftest import esmm_config
 
 from paddle_rec_zoo.data import ali_ccp
-from paddle_rec_zoo.data.dataset import Dataset, list_data_files, prefetch
+from paddle_rec_zoo.data.dataset import Dataset, list_data_files
+from paddle_rec_zoo.data.prefetch import prefetch
 from paddle_rec_zoo.errors import UserError
 
 

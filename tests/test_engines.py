@@ -8,7 +8,7 @@ import paddle
 import pytest
 from conftest import esmm_config, esmm_module
 
-from paddle_rec_zoo.data.dataset import usable_cores
+from paddle_rec_zoo.data.parallel_parse import usable_cores
 from paddle_rec_zoo.run import engines
 from paddle_rec_zoo.run.inference_engine import InferenceEngine
 

@@ -11,16 +11,12 @@ from collections.abc import Callable
 import numpy as np
 
 from paddle_rec_zoo.data import binary_data
-from paddle_rec_zoo.data.cache import default_cache_dir, read_cached
+from paddle_rec_zoo.data.cache import read_cached
 from paddle_rec_zoo.data.column_files import take_ids
-from paddle_rec_zoo.data.parallel_parse import usable_cores
 from paddle_rec_zoo.data.prefetch import prefetch
 from paddle_rec_zoo.data.read_stats import ReadStats
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.schema import Batch, Columns
-
-# Imported from here by the runner (default_cache_dir, usable_cores) and by tests (prefetch).
-__all__ = ["Dataset", "default_cache_dir", "list_data_files", "prefetch", "usable_cores"]
 
 
 def list_data_files(folder: str, key: str) -> list[str]:

@@ -71,6 +71,10 @@ def curves_path(root: str) -> str:
     return os.path.join(root, CURVES_FILE)
 
 
+def visual_dir(root: str) -> str:
+    return os.path.join(root, VISUAL_DIR)
+
+
 def saved_steps(root: str) -> list[int]:
     """Global steps with a complete mid-epoch checkpoint under `root/steps/`, ascending."""
     return _complete_numbered(os.path.join(root, STEPS_DIR))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 
 import numpy as np
@@ -41,7 +40,7 @@ def train(config, engine, reader, world: World | None = None) -> list[dict]:
     n_batches = dataset.num_batches(r.train_batch_size, world.rank, world.size, equal=True)
     run = resume.start_or_resume(config, engine, world, n_batches)
     if world.is_main and r.use_visual:
-        folder = os.path.join(r.model_save_path, checkpoint.VISUAL_DIR)
+        folder = checkpoint.visual_dir(r.model_save_path)
         run.visual = open_visual_log(folder, engine.spec, run.records, run.tests)
     if r.model_init_path and run.folder is None:  # a resumed run goes on from its own
         warm_start.load(config, engine)

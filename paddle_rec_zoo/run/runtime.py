@@ -10,7 +10,7 @@ import random
 import numpy as np
 import paddle
 
-from paddle_rec_zoo.data.dataset import usable_cores
+from paddle_rec_zoo.data.parallel_parse import usable_cores
 from paddle_rec_zoo.report.progress import log
 from paddle_rec_zoo.run import cpu_math
 
@@ -49,8 +49,8 @@ def serial_executor(threads: int) -> bool:
 def static_mode():
     """Paddle's static mode inside the block, the mode the process was in after it. A static
     engine builds and runs its programs in it, so constructing one does not switch the rest of
-    the process (a dygraph engine, a test) to static mode; the static tools are in static mode
-    throughout (`setup(static=True)`), and pay nothing here."""
+    the process (a dygraph engine, a test) to static mode; the static tools run in one such
+    block throughout (run/cli.py), so a step pays nothing here."""
     if not paddle.in_dynamic_mode():
         yield
         return

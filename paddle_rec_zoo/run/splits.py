@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from paddle_rec_zoo.data.dataset import Dataset, default_cache_dir, list_data_files
+from paddle_rec_zoo.data.cache import default_cache_dir
+from paddle_rec_zoo.data.dataset import Dataset, list_data_files
 from paddle_rec_zoo.errors import UserError
 from paddle_rec_zoo.report.progress import log
 
